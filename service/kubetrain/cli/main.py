@@ -1,0 +1,91 @@
+"""`kubetrain` entry point: argument parsing and exit codes; user mistakes never print a stack trace."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..spec import SpecError
+from . import files
+
+EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 1, 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    bad = 0
+    for path in args.files:
+        try:
+            job = files.read_job(path, args.set)
+        except SpecError as e:
+            bad += 1
+            for problem in e.problems:
+                print(problem.render(path), file=sys.stderr)
+            continue
+        print(f"{path}: OK ({job.kind} {job.metadata.name})")
+    return EXIT_INVALID if bad else EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from ..spec import TrainingJob
+
+    print(json.dumps(TrainingJob.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        job = files.read_job(args.file, args.set)
+    except SpecError as e:
+        for problem in e.problems:
+            print(problem.render(args.file), file=sys.stderr)
+        return EXIT_INVALID
+    from ..client.local import LocalBackend
+
+    result = LocalBackend().run(job)
+    return EXIT_OK if result.succeeded else EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetrain", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kubetrain {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check TrainingJob files; one line per problem")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a field")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the TrainingJob file format")
+    p.set_defaults(func=_schema)
+
+    p = sub.add_parser("run", help="run a TrainingJob locally (local Ray, MLflow on SQLite)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a field")
+    p.set_defaults(func=_run)
+
+    for name in ("k8s",):  # optional command groups that register themselves
+        try:
+            module = __import__(f"kubetrain.cli.{name}", fromlist=["register"])
+        except ImportError:
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except files.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

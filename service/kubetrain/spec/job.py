@@ -1,0 +1,119 @@
+"""The TrainingJob object: the one file format for kubectl apply, the SDK, the REST API and `kubetrain run`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from .. import API_VERSION, KIND
+from .base import Rfc1123Label, Spec
+from .data import DataSpec
+from .env import EnvVar
+from .lifecycle import LifecycleSpec
+from .model import ModelSpec
+from .peft import LoraSpec, Peft
+from .resources import ResourcesSpec
+from .strategy import DDPStrategy, Strategy
+from .tracking import CheckpointSpec, TrackingSpec
+from .training import TrainingSpec
+
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
+LM_METRICS = ("perplexity", "token_accuracy", "exact_match")
+
+
+class GenerationEval(Spec):
+    """Generate answers for held-out prompts and score them against the reference (instruction data)."""
+
+    examples: int = Field(64, ge=1, le=100_000, description="How many validation examples to generate for.")
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Longest generated answer.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Prompts generated together.")
+
+
+class EvaluationSpec(Spec):
+    """Task metrics beyond validation loss."""
+
+    generation: GenerationEval | None = Field(
+        None,
+        description="Score exact-match accuracy of greedy generations before and after training "
+        "(instruction and chat data).",
+    )
+
+
+class ObjectMeta(Spec):
+    """Kubernetes object metadata. Server-set fields are accepted (so `kubectl get -o yaml` output runs)."""
+
+    name: Rfc1123Label = Field(..., description="Job name: an RFC 1123 label; also the run's storage directory.")
+    namespace: str | None = Field(None, description="Kubernetes namespace (cluster only).")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels, copied onto the RayJob.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
+    uid: str | None = Field(None, description="Set by the API server.")
+    resourceVersion: str | None = Field(None, description="Set by the API server.")
+    generation: int | None = Field(None, description="Set by the API server.")
+    creationTimestamp: str | None = Field(None, description="Set by the API server.")
+    deletionTimestamp: str | None = Field(None, description="Set by the API server.")
+    deletionGracePeriodSeconds: int | None = Field(None, description="Set by the API server.")
+    finalizers: list[str] = Field(default_factory=list, description="Finalizers.")
+    ownerReferences: list[dict[str, Any]] = Field(default_factory=list, description="Owner references.")
+    managedFields: list[dict[str, Any]] = Field(default_factory=list, description="Set by the API server.")
+    generateName: str | None = Field(None, description="Name prefix for server-generated names.")
+
+
+class TrainingJobSpec(Spec):
+    """Everything about one training run (or, with sweep, a hyperparameter search over such runs)."""
+
+    model: ModelSpec = Field(..., description="The model to train.")
+    task: Literal["causal_lm", "sequence_classification"] = Field(
+        "causal_lm",
+        description="causal_lm: next-token prediction (pretraining, SFT with prompt masking); "
+        "sequence_classification: a classification head on the model.",
+    )
+    data: DataSpec = Field(..., description="Training and validation data.")
+    peft: Peft = Field(default_factory=LoraSpec, description="LoRA adapters, or type none for a full fine-tune.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Task metrics.")
+    strategy: Strategy = Field(default_factory=DDPStrategy, description="Distribution strategy (by type).")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Workers and their resources.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints and resume.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking.")
+    lifecycle: LifecycleSpec = Field(default_factory=LifecycleSpec, description="Retries, deadlines, clean-up.")
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables for the runtime.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingJobSpec:
+        classification = self.task == "sequence_classification"
+        if classification != (self.data.format == "classification"):
+            raise ValueError(
+                f"task '{self.task}' does not fit data.format '{self.data.format}': sequence_classification "
+                "goes with format classification, causal_lm with text, instruction or chat"
+            )
+        if self.training.precision == "fp16" and self.resources.gpus_per_worker == 0:
+            raise ValueError(
+                "training.precision fp16 needs GPUs (resources.gpus_per_worker > 0); on CPU use bf16 or fp32"
+            )
+        if self.evaluation.generation and self.data.format not in ("instruction", "chat"):
+            raise ValueError("evaluation.generation needs data.format instruction or chat")
+        es = self.training.early_stopping
+        if es is not None:
+            metric = es.metric.removeprefix("eval_")
+            allowed = ("loss",) + (CLASSIFICATION_METRICS if classification else LM_METRICS)
+            if metric not in allowed:
+                raise ValueError(
+                    f"training.early_stopping.metric '{es.metric}' is not a validation metric of {self.task}; "
+                    f"allowed: {', '.join('eval_' + m for m in allowed)}"
+                )
+        return self
+
+
+class TrainingJob(Spec):
+    """A kubetrain TrainingJob (kubetrain.dev/v1alpha1)."""
+
+    apiVersion: Literal["kubetrain.dev/v1alpha1"] = Field(API_VERSION, description="kubetrain.dev/v1alpha1")
+    kind: Literal["TrainingJob"] = Field(KIND, description="TrainingJob")
+    metadata: ObjectMeta = Field(..., description="Object metadata; metadata.name names the job.")
+    spec: TrainingJobSpec = Field(..., description="The desired training run.")
+    status: dict[str, Any] | None = Field(None, description="Written by the operator; ignored on input.")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name

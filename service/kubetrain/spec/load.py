@@ -1,0 +1,241 @@
+"""Text -> TrainingJob, with every problem named by field path, given value, allowed values and YAML line."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .job import TrainingJob
+
+_TYPE_LOC = re.compile(r"^(function-\w+|literal\[|list\[|dict\[|tuple\[|json-or-python|str$|int$|float$|bool$|none$)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec: where (dotted path, YAML line) and why."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def render(self, source: str = "") -> str:
+        where = f"{source}:{self.line}: " if source and self.line else (f"{source}: " if source else "")
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; `problems` lists every reason."""
+
+    def __init__(self, problems: list[Problem], source: str = ""):
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(p.render(source) for p in problems))
+
+
+def parse_yaml(text: str, source: str = "") -> tuple[Any, dict[tuple, int]]:
+    """Parse one YAML document; return the data and a map from key path to 1-based line number."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        raise SpecError([Problem("", f"YAML syntax error: {e.problem or e}", line)], source) from None
+    except yaml.YAMLError as e:
+        raise SpecError([Problem("", f"YAML error: {e}")], source) from None
+    lines: dict[tuple, int] = {}
+    _index_lines(node, (), lines)
+    return data, lines
+
+
+def _index_lines(node: Any, path: tuple, out: dict[tuple, int]) -> None:
+    if node is None:
+        return
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            out[path + (key.value,)] = key.start_mark.line + 1
+            _index_lines(value, path + (key.value,), out)
+            out[path + (key.value,)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_lines(item, path + (i,), out)
+
+
+def split_path(path: str) -> list[str | int]:
+    """'spec.env.0.name' -> ['spec', 'env', 0, 'name']."""
+    return [int(p) if p.isdigit() else p for p in path.split(".") if p != ""]
+
+
+def set_path(data: dict, path: str, value: Any) -> None:
+    """Set a dotted path in nested dicts/lists, creating mappings on the way."""
+    keys = split_path(path)
+    if not keys:
+        raise SpecError([Problem(path, "empty field path")])
+    cur: Any = data
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(cur, list) and isinstance(key, int) and key < len(cur):
+            cur = cur[key]
+        elif isinstance(cur, dict):
+            nxt = cur.get(key)
+            if not isinstance(nxt, (dict, list)):
+                nxt = cur[key] = {}
+            cur = nxt
+        else:
+            raise SpecError([Problem(".".join(map(str, keys[: i + 1])), "cannot set a field below this value")])
+    last = keys[-1]
+    if isinstance(cur, list) and isinstance(last, int) and last < len(cur):
+        cur[last] = value
+    elif isinstance(cur, dict):
+        cur[last] = value
+    else:
+        raise SpecError([Problem(path, "cannot set a field here")])
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Apply `path=value` strings (value parsed as YAML) to a copy of data."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        path, sep, raw = item.partition("=")
+        if not sep or not path.strip():
+            raise SpecError([Problem("", f"--set expects path=value, got {item!r}")])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        set_path(out, path.strip(), value)
+    return out
+
+
+def load_job(text: str, source: str = "", overrides: Iterable[str] = ()) -> TrainingJob:
+    """Parse and validate a TrainingJob document; raise SpecError naming every problem."""
+    data, lines = parse_yaml(text, source)
+    return validate_job(data, source, overrides, lines)
+
+
+def validate_job(
+    data: Any, source: str = "", overrides: Iterable[str] = (), lines: Mapping[tuple, int] | None = None
+) -> TrainingJob:
+    """Validate already-parsed data (a dict) as a TrainingJob; raise SpecError naming every problem."""
+    lines = lines or {}
+    if data is None:
+        raise SpecError([Problem("", "the document is empty: expected a TrainingJob mapping")], source)
+    if not isinstance(data, dict):
+        raise SpecError(
+            [Problem("", f"expected a mapping with apiVersion, kind, metadata and spec, got a {_kind(data)}", 1)],
+            source,
+        )
+    data = apply_overrides(data, overrides) if overrides else data
+    try:
+        return TrainingJob.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(problems_from(e, data, lines), source) from None
+
+
+def problems_from(error: ValidationError, data: Any, lines: Mapping[tuple, int] | None = None) -> list[Problem]:
+    """Translate pydantic errors into Problems with clean dotted paths (union tags dropped)."""
+    problems = []
+    for err in error.errors(include_url=False):
+        keys = _clean_loc(err["loc"], data)
+        path = ".".join(str(k) for k in keys)
+        problems.append(Problem(path, _message(err, keys), _line(keys, lines or {})))
+    return problems
+
+
+def _clean_loc(loc: tuple, data: Any) -> list[str | int]:
+    keys: list[str | int] = []
+    cur = data
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(part, str) and _TYPE_LOC.match(part):
+            continue
+        if isinstance(cur, dict) and isinstance(part, str) and part not in cur and not last:
+            continue  # a discriminated-union tag, not a key of the document
+        keys.append(part)
+        if isinstance(cur, dict):
+            cur = cur.get(part)
+        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+            cur = cur[part]
+        else:
+            cur = None
+    return keys
+
+
+def _message(err: dict, keys: list) -> str:
+    kind, msg = err["type"], err["msg"]
+    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        allowed = _allowed_fields(keys[:-1])
+        hint = ""
+        if allowed:
+            close = difflib.get_close_matches(str(keys[-1]), allowed, n=1)
+            hint = (f" (did you mean '{close[0]}'?)" if close else "") + f"; allowed: {', '.join(allowed)}"
+        return f"unknown field{hint}"
+    given = err.get("input")
+    if kind.endswith("_type") or kind in ("enum", "literal_error") or "greater" in kind or "less" in kind:
+        return f"got {_show(given)}: {msg}"
+    return msg
+
+
+def _allowed_fields(parent: list) -> list[str]:
+    model: Any = TrainingJob
+    for key in parent:
+        if isinstance(key, int):
+            model = _item_type(model)
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or key not in fields:
+            return []
+        model = _model_of(fields[key].annotation)
+    return sorted(getattr(model, "model_fields", {}) or {})
+
+
+def _model_of(tp: Any) -> Any:
+    for arg in _flatten(tp):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        origin = typing.get_origin(arg)
+        if origin in (list, tuple):
+            return arg
+    return None
+
+
+def _item_type(tp: Any) -> Any:
+    args = typing.get_args(tp)
+    return _model_of(args[0]) if args else None
+
+
+def _flatten(tp: Any) -> list:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _flatten(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [a for arg in typing.get_args(tp) for a in _flatten(arg)]
+    return [tp]
+
+
+def _line(keys: list, lines: Mapping[tuple, int]) -> int | None:
+    for n in range(len(keys), -1, -1):
+        if tuple(keys[:n]) in lines:
+            return lines[tuple(keys[:n])]
+    return None
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "value")
