@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator
 
 RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -32,3 +32,14 @@ def _check_label(value: str) -> str:
 
 
 Rfc1123Label = Annotated[str, AfterValidator(_check_label)]
+
+
+def type_discriminator(default: str) -> Discriminator:
+    """Discriminate a union on its `type` key, taking `default` when the key is left out."""
+
+    def pick(value):
+        if isinstance(value, dict):
+            return value.get("type", default)
+        return getattr(value, "type", default)
+
+    return Discriminator(pick)

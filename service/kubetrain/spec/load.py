@@ -183,7 +183,7 @@ def _message(err: dict, keys: list) -> str:
             hint = (f" (did you mean '{close[0]}'?)" if close else "") + f"; allowed: {', '.join(allowed)}"
         return f"unknown field{hint}"
     given = err.get("input")
-    if kind.endswith("_type") or kind in ("enum", "literal_error") or "greater" in kind or "less" in kind:
+    if isinstance(given, (str, int, float, bool)) or given is None:
         return f"got {_show(given)}: {msg}"
     return msg
 

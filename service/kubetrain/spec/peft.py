@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, Tag
 
-from .base import Spec
+from .base import Spec, type_discriminator
 
 
 class LoraSpec(Spec):
@@ -30,4 +30,4 @@ class NoPeft(Spec):
     type: Literal["none"] = Field("none", description="No adapters: full fine-tuning.")
 
 
-Peft = Annotated[Union[LoraSpec, NoPeft], Field(discriminator="type")]
+Peft = Annotated[Union[Annotated[LoraSpec, Tag("lora")], Annotated[NoPeft, Tag("none")]], type_discriminator("lora")]

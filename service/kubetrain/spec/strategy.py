@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, Tag
 
-from .base import Spec
+from .base import Spec, type_discriminator
 
 
 class DDPStrategy(Spec):
@@ -19,4 +19,4 @@ class DDPStrategy(Spec):
     find_unused_parameters: bool = Field(False, description="Let DDP tolerate parameters without gradients.")
 
 
-Strategy = Annotated[Union[DDPStrategy], Field(discriminator="type")]
+Strategy = Annotated[Union[Annotated[DDPStrategy, Tag("ddp")]], type_discriminator("ddp")]

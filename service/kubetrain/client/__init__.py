@@ -1,0 +1,1 @@
+"""The SDK: one facade over swappable backends (local, kube, rest)."""

@@ -1,0 +1,34 @@
+"""`python -m kubetrain.runtime SPEC [--set path=value]`: what a RayJob's entrypoint runs (and `kubetrain run`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..spec import SpecError, load_job
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kubetrain.runtime")
+    parser.add_argument("spec")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--root", default=".kubetrain", help="local state: models, MLflow, datasets cache")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.spec) as f:
+            job = load_job(f.read(), args.spec, args.set)
+    except (OSError, SpecError) as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    from .driver import JobError, run_job
+
+    try:
+        result = run_job(job, local_root=args.root)
+    except JobError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0 if result.succeeded else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

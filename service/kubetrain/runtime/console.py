@@ -1,0 +1,105 @@
+"""What a person sees: a live progress bar (step, loss, lr, samples/s, ETA) and the end-of-run summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+LABELS = {
+    "eval_loss": "validation loss", "eval_perplexity": "perplexity", "eval_token_accuracy": "token accuracy",
+    "eval_exact_match": "exact-match accuracy", "eval_accuracy": "accuracy", "eval_precision": "precision",
+    "eval_recall": "recall", "eval_f1": "F1", "eval_auc": "ROC AUC",
+}
+
+
+class RunConsole:
+    """Progress bar on a terminal; plain periodic lines otherwise (CI logs, pipes)."""
+
+    def __init__(self, enabled: bool = True):
+        self.console = Console(stderr=False, highlight=False)
+        self.enabled = enabled
+        self.live = enabled and self.console.is_terminal
+        self.progress: Progress | None = None
+        self.task = None
+        self.total = 0
+        self._last_line = 0.0
+
+    def say(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            self.progress.console.print(text)
+        else:
+            self.console.print(text)
+
+    def start(self, total: int, step: int) -> None:
+        self.total = total
+        if not self.enabled:
+            return
+        if self.live and self.progress is None:
+            self.progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
+                TextColumn("{task.fields[sps]} samples/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), console=self.console, transient=False,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=total, completed=step, loss="-", lr="-", sps="-")
+
+    def step(self, step: int, metrics: dict, eta_s: float | None) -> None:
+        if not self.enabled:
+            return
+        loss = f"{metrics.get('train_loss', float('nan')):.4f}"
+        lr = f"{metrics.get('learning_rate', float('nan')):.2e}"
+        sps = f"{metrics.get('samples_per_second', float('nan')):.1f}"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, loss=loss, lr=lr, sps=sps)
+        elif time.time() - self._last_line > 5 or step == self.total:
+            self._last_line = time.time()
+            eta = f"{eta_s:.0f}s" if eta_s is not None else "?"
+            print(f"step {step}/{self.total}  loss {loss}  lr {lr}  {sps} samples/s  ETA {eta}", flush=True)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def summary(self, result) -> None:
+        if not self.enabled:
+            return
+        self.stop()
+        c = self.console
+        c.print()
+        keys = [k for k in LABELS if k in result.before or k in result.after]
+        if keys:
+            table = Table(title=f"{result.job_name}: held-out validation ({result.validation_examples} examples)")
+            table.add_column("metric")
+            table.add_column("before", justify="right")
+            table.add_column("after", justify="right")
+            for k in keys:
+                table.add_row(LABELS[k], _fmt(result.before.get(k), k), _fmt(result.after.get(k), k))
+            c.print(table)
+        for prompt, ref, got in result.samples_after[:3]:
+            c.print(f"  {prompt.strip().splitlines()[-1][:90]}\n    expected {ref!r}  generated {got!r}", markup=False)
+        status = "[green]succeeded[/green]" if result.succeeded else f"[red]failed[/red]: {result.error}"
+        c.print(f"\nRun {status} after {result.steps} steps in {result.seconds:.0f} s"
+                + (" (stopped early)" if result.stopped_early else ""))
+        if result.final_dir:
+            c.print(f"Model/adapter: {result.final_dir}")
+        c.print(f"Checkpoints:   {result.run_dir}")
+        if result.tracking_note:
+            c.print(f"[yellow]{result.tracking_note}[/yellow]")
+        c.print(f"MLflow:        {result.mlflow_hint}")
+        sys.stdout.flush()
+
+
+def _fmt(value, key: str) -> str:
+    if value is None:
+        return "-"
+    if key in ("eval_exact_match", "eval_accuracy", "eval_token_accuracy"):
+        return f"{100 * value:.1f}%"
+    return f"{value:.4f}"

@@ -1,0 +1,317 @@
+"""The training recipe each Ray Train worker runs, top to bottom: set up, (resume), train, evaluate, save."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+
+from ..spec import TrainingJob
+from . import data as data_mod
+from . import state as ckpt
+from .channel import Channel
+from .evaluate import evaluate, exact_match
+from .models import apply_peft, build_model, build_tokenizer, count_parameters
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Entry point for ray.train.torch.TorchTrainer; config carries the resolved job and local paths."""
+    import ray.train
+    import ray.train.torch as rt
+
+    job = TrainingJob.model_validate(config["job"])
+    spec = job.spec
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = rt.get_device()
+    channel = Channel(config.get("queue"), enabled=rank == 0)
+    phases = _Phases()
+    _quiet()
+    _seed(spec.training.seed)
+
+    # Data and model
+    splits = data_mod.load_splits(spec.data, spec.training.seed, config["cache_dir"])
+    phases.mark("load_data")
+    texts = (str(r[spec.data.fields.text]) if spec.data.format in ("text", "classification") else
+             json.dumps(r, default=str) for r in splits.train)
+    tokenizer = build_tokenizer(spec.model, config["model_dir"], texts)
+    classification = spec.task == "sequence_classification"
+    model = build_model(spec.model, config["model_dir"], tokenizer, spec.task,
+                        num_labels=len(splits.label_names) if splits.label_names else None)
+    model = apply_peft(model, spec.peft, spec.task)
+    phases.mark("build_model")
+    if spec.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable, total = count_parameters(model)
+    channel.emit("model", trainable=trainable, total=total, model_class=type(model).__name__)
+    train_ds = data_mod.tokenize(splits.train, spec.data, tokenizer, splits.label_names)
+    val_ds = data_mod.tokenize(splits.validation, spec.data, tokenizer, splits.label_names)
+    collate = data_mod.collate(tokenizer, classification)
+    phases.mark("tokenize")
+    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=spec.training.seed, drop_last=True)
+    bs, accum = spec.training.batch_size, spec.training.gradient_accumulation_steps
+    micro_per_epoch = len(sampler) // bs
+    if micro_per_epoch < accum:
+        raise ValueError(
+            f"spec.training.batch_size: {len(train_ds)} training examples over {world} workers give fewer than "
+            f"one optimizer step per epoch (batch_size {bs} x gradient_accumulation_steps {accum})"
+        )
+    steps_per_epoch = micro_per_epoch // accum
+    total_steps = spec.training.max_steps or max(1, math.ceil(spec.training.epochs * steps_per_epoch))
+    val_loader = None
+    if val_ds is not None and len(val_ds):
+        val_sampler = torch.utils.data.DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
+        val_loader = torch.utils.data.DataLoader(val_ds, batch_size=bs, sampler=val_sampler, collate_fn=collate)
+
+    model = rt.prepare_model(model, parallel_strategy_kwargs={
+        "find_unused_parameters": getattr(spec.strategy, "find_unused_parameters", False)})
+    inner = model.module if hasattr(model, "module") else model
+    optimizer = _optimizer(spec.training, model)
+    scheduler = _scheduler(spec.training, optimizer, total_steps)
+    autocast = _autocast(spec.training.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if spec.training.precision == "fp16" else None
+    phases.mark("prepare_ddp")
+
+    # Resume
+    st = ckpt.TrainState(spec_fingerprint=_spec_fingerprint(job))
+    resumed = ray.train.get_checkpoint() if spec.checkpoint.resume else None
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            st = ckpt.load(d, rank, inner, optimizer, scheduler)
+        if st.spec_fingerprint and st.spec_fingerprint != _spec_fingerprint(job):
+            raise RuntimeError(
+                "the checkpoint of job '%s' was written by a different model/data/peft spec; rename the job "
+                "(metadata.name) or set spec.checkpoint.resume: false" % job.name)
+        channel.emit("resumed", step=st.step, path=resumed.path)
+
+    fmt = data_mod.Formatter(spec.data, tokenizer) if spec.data.format in ("instruction", "chat") else None
+    gen = spec.evaluation.generation
+    gen_records = list(splits.validation.select(range(min(gen.examples, len(splits.validation))))) \
+        if gen and splits.validation is not None else []
+
+    def run_eval(tag: str) -> dict:
+        metrics = {}
+        if val_loader is not None and tag != "final":  # the last periodic eval already has the final loss
+            metrics = evaluate(model, val_loader, spec.task, device, autocast, spec.training.eval_batches)
+        if gen_records and tag in ("before", "final"):
+            em, samples = exact_match(inner, tokenizer, fmt, gen_records, rank, world, device,
+                                      gen.max_new_tokens, gen.batch_size)
+            metrics["eval_exact_match"] = em
+            channel.emit("samples", tag=tag, samples=samples)
+        return metrics
+
+    phases.mark("resume")
+    if st.step == 0 and resumed is None:
+        before = run_eval("before")
+        channel.emit("eval", step=0, tag="before", metrics=before)
+        phases.mark("eval_before")
+
+    # Train
+    channel.emit("start", total_steps=total_steps, step=st.step, world_size=world,
+                 validation_examples=len(splits.validation) if splits.validation is not None else 0,
+                 global_batch=bs * accum * world, steps_per_epoch=steps_per_epoch, setup_seconds=phases.done)
+    fault_step = int(os.environ.get("KUBETRAIN_FAULT_AT_STEP", "0"))
+    model.train()
+    window_t, window_samples, window_tokens, loss_acc = time.perf_counter(), 0, 0, []
+    eval_every = spec.training.eval_every or steps_per_epoch
+    ckpt_every = spec.checkpoint.every or eval_every
+    while st.step < total_steps and not st.stopped_early:
+        sampler.set_epoch(st.epoch)
+        indices = list(sampler)[st.batch_in_epoch * bs : steps_per_epoch * accum * bs]
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_ds, indices), batch_size=bs,
+                                             shuffle=False, collate_fn=collate)
+        micro = 0
+        for batch in loader:
+            micro += 1
+            st.batch_in_epoch += 1
+            batch = {k: v.to(device) for k, v in batch.items()}
+            sync = micro % accum == 0
+            with (contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()):
+                with autocast():
+                    loss = model(**batch).loss / accum
+                (scaler.scale(loss) if scaler else loss).backward()
+            loss_acc.append(loss.item())
+            window_samples += batch["input_ids"].shape[0]
+            window_tokens += int(batch["attention_mask"].sum())
+            if not sync:
+                continue
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), spec.training.max_grad_norm)
+                         if spec.training.max_grad_norm else None)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            st.step += 1
+            if fault_step and st.step == fault_step and rank == world - 1:
+                _inject_fault()
+            if st.step % spec.training.log_every == 0 or st.step == total_steps:
+                now = time.perf_counter()
+                metrics = {"train_loss": sum(loss_acc), "learning_rate": scheduler.get_last_lr()[0],
+                           "samples_per_second": window_samples * world / (now - window_t),
+                           "tokens_per_second": window_tokens * world / (now - window_t),
+                           "epoch": st.epoch + st.batch_in_epoch / (steps_per_epoch * accum)}
+                if grad_norm is not None:
+                    metrics["grad_norm"] = float(grad_norm)
+                metrics.update(channel.system_metrics())
+                channel.emit("step", step=st.step, metrics=metrics)
+                window_t, window_samples, window_tokens = now, 0, 0
+            loss_acc = []
+            last = st.step >= total_steps
+            evaluated = {}
+            if st.step % eval_every == 0 or last:
+                evaluated = run_eval("periodic")
+                channel.emit("eval", step=st.step, tag="periodic", metrics=evaluated)
+                _early_stopping(spec, st, evaluated)
+            if st.step % ckpt_every == 0 or last or st.stopped_early:
+                _checkpoint(rank, inner, optimizer, scheduler, st, evaluated)
+            if last or st.stopped_early:
+                break
+        else:
+            st.epoch += 1
+            st.batch_in_epoch = 0
+
+    final = run_eval("final") if gen_records else {}
+    if final:
+        channel.emit("eval", step=st.step, tag="final", metrics=final)
+    if st.stopped_early:
+        channel.emit("stopped_early", step=st.step, best_step=st.best_step, best_metric=st.best_metric)
+    if rank == 0:
+        _save_final(job, inner, tokenizer, config["final_dir"])
+        channel.emit("final", path=config["final_dir"], step=st.step)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class _Phases:
+    """Wall time of each set-up phase on this worker (shown with KUBETRAIN_VERBOSE=1, kept in MLflow tags)."""
+
+    def __init__(self):
+        self.t = time.perf_counter()
+        self.done: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.done[name] = round(now - self.t, 2)
+        self.t = now
+
+
+def _early_stopping(spec, st: ckpt.TrainState, metrics: dict) -> None:
+    es = spec.training.early_stopping
+    name = es.metric if es else "eval_loss"
+    name = name if name.startswith("eval_") else "eval_" + name
+    if name not in metrics:
+        return
+    value, mode, delta = metrics[name], (es.mode if es else "min"), (es.min_delta if es else 0.0)
+    better = st.best_metric is None or (value < st.best_metric - delta if mode == "min" else value > st.best_metric + delta)
+    if better:
+        st.best_metric, st.best_step, st.evals_without_improvement = value, st.step, 0
+    else:
+        st.evals_without_improvement += 1
+        if es and st.evals_without_improvement >= es.patience:
+            st.stopped_early = True
+
+
+def _checkpoint(rank, model, optimizer, scheduler, st: ckpt.TrainState, metrics: dict) -> None:
+    """All ranks report (a barrier); each contributes its RNG file, rank 0 the weights and optimizer."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="kubetrain-ckpt-") as tmp:
+        ckpt.save(tmp, rank, model, optimizer, scheduler, st)
+        report = {"step": st.step, **{k: float(v) for k, v in metrics.items()}}
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"checkpoint_{st.step:08d}")
+
+
+def _save_final(job: TrainingJob, model, tokenizer, final_dir: str) -> None:
+    """The adapter (or full model) and tokenizer, written beside final_dir and renamed into place."""
+    parent = os.path.dirname(final_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".final-", dir=parent)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if getattr(job.spec.peft, "merge_on_save", False):
+        merged = model.merge_and_unload()
+        merged.save_pretrained(os.path.join(tmp, "merged"))
+        tokenizer.save_pretrained(os.path.join(tmp, "merged"))
+    if os.path.exists(final_dir):
+        old = final_dir + ".old"
+        os.replace(final_dir, old)
+        os.replace(tmp, final_dir)
+        import shutil
+
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final_dir)
+
+
+def _optimizer(training, model):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=training.learning_rate, momentum=0.9, weight_decay=training.weight_decay)
+    return torch.optim.AdamW(params, lr=training.learning_rate, betas=tuple(training.adam_betas),
+                             weight_decay=training.weight_decay)
+
+
+def _scheduler(training, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup = training.warmup_steps if training.warmup_steps is not None else int(training.warmup_ratio * total_steps)
+    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[training.schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=min(warmup, total_steps), num_training_steps=total_steps)
+
+
+def _autocast(precision: str, device):
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise RuntimeError("spec.training.precision: bf16 is not supported by this GPU; use fp16 or fp32")
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _seed(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def _spec_fingerprint(job: TrainingJob) -> str:
+    s = job.spec
+    keep = {"model": s.model.model_dump(), "peft": s.peft.model_dump(), "task": s.task,
+            "data": s.data.model_dump(), "strategy": s.strategy.model_dump()}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _inject_fault() -> None:
+    """Test hook: the last rank dies once at KUBETRAIN_FAULT_AT_STEP (a marker file makes it once only)."""
+    marker = os.environ.get("KUBETRAIN_FAULT_MARKER", "")
+    if marker and os.path.exists(marker):
+        return
+    if marker:
+        open(marker, "w").close()
+    os._exit(17)
+
+
+def _quiet() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("torch.distributed").setLevel(logging.ERROR)

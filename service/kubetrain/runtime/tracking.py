@@ -1,0 +1,235 @@
+"""MLflow for one run, written only from the driver: params, tags, metrics, artifacts; falls back when unreachable.
+
+The MlflowClient API is used throughout (no fluent global state), so sweeps can nest runs safely and
+MLFLOW_EXPERIMENT_ID in the environment cannot redirect a run (a known Ray + MLflow pitfall).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from typing import Any
+
+from .. import __version__
+from ..spec import TrainingJob
+
+log = logging.getLogger(__name__)
+MAX_PARAM = 6000
+
+
+def default_uri(root: str) -> str:
+    return "sqlite:///" + os.path.join(os.path.abspath(root), "mlflow.db")
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}; lists of scalars stay one value, lists of mappings are indexed."""
+    out: dict[str, str] = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}.{i}"))
+    else:
+        out[prefix] = (json.dumps(value) if isinstance(value, list) else str(value))[:MAX_PARAM]
+    return out
+
+
+def git_commit(cwd: str = ".") -> tuple[str | None, bool]:
+    """(HEAD commit, dirty?) when cwd is inside a git work tree."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if head.returncode:
+            return None, False
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5)
+        return head.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "ray", "transformers", "peft", "datasets", "deepspeed", "mlflow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+class Tracker:
+    """One MLflow run. Every call is guarded: tracking trouble is reported once and never fails training."""
+
+    def __init__(self, job: TrainingJob, run_dir: str, local_root: str, *, parent_run_id: str | None = None,
+                 extra_tags: dict[str, str] | None = None):
+        self.job = job
+        self.run_dir = run_dir
+        self.local_root = local_root
+        self.parent_run_id = parent_run_id
+        self.extra_tags = extra_tags or {}
+        self.metrics_file = os.path.join(run_dir, "metrics.jsonl")
+        self.client = None
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.uri = job.spec.tracking.tracking_uri or default_uri(local_root)
+        self.fallback: str | None = None  # why we are not writing to the configured store
+        self._warned = False
+
+    # -- setup ---------------------------------------------------------------------------------
+    def start(self, tags: dict[str, str]) -> None:
+        os.makedirs(self.run_dir, exist_ok=True)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        try:
+            self._open(self.uri)
+        except Exception as e:
+            fallback = default_uri(self.run_dir)
+            self.fallback = f"MLflow at {self.uri} is unreachable ({type(e).__name__}); kept in {fallback}"
+            log.warning(self.fallback)
+            self.uri = fallback
+            self._open(fallback)
+        self._guard(self._log_start, tags)
+
+    def _open(self, uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        name = self.job.spec.tracking.experiment or self.job.name
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            location = None
+            if uri.startswith("sqlite:///"):
+                root = os.path.dirname(uri.removeprefix("sqlite:///"))
+                location = "file://" + os.path.join(root, "mlartifacts", name)
+            self.experiment_id = client.create_experiment(name, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.client = client
+
+    def _log_start(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        t = self.job.spec.tracking
+        all_tags = {"kubetrain.version": __version__, "kubetrain.job": self.job.name, **tags, **self.extra_tags,
+                    **t.tags}
+        if self.parent_run_id:
+            all_tags["mlflow.parentRunId"] = self.parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=t.run_name or self.job.name,
+                                     tags=all_tags)
+        self.run_id = run.info.run_id
+        params = flatten(self.job.model_dump(mode="json", include={"spec"}, exclude_none=True))
+        items = [Param(k[:250], v) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        spec_path = os.path.join(self.run_dir, "trainingjob.yaml")
+        import yaml
+
+        with open(spec_path, "w") as f:
+            yaml.safe_dump(self.job.model_dump(mode="json", exclude_none=True, exclude={"status"}), f,
+                           sort_keys=False)
+        self.client.log_artifact(self.run_id, spec_path)
+
+    # -- during the run --------------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps({"step": step, "time": now, **metrics}) + "\n")
+        if self.run_id:
+            from mlflow.entities import Metric
+
+            batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
+            self._guard(self.client.log_batch, self.run_id, metrics=batch)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.run_id:
+            for k, v in tags.items():
+                self._guard(self.client.set_tag, self.run_id, k, v)
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        if self.run_id and os.path.exists(local_dir):
+            self._guard(self.client.log_artifacts, self.run_id, local_dir, artifact_path)
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        if self.run_id and os.path.exists(path):
+            self._guard(self.client.log_artifact, self.run_id, path, artifact_path)
+
+    def register_model(self, name: str, artifact_path: str = "model") -> None:
+        if not self.run_id:
+            return
+
+        def register() -> None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self.client.create_registered_model(name)
+            except MlflowException:
+                pass  # exists already
+            source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+            self.client.create_model_version(name, source, run_id=self.run_id)
+
+        self._guard(register)
+
+    def end(self, status: str) -> None:
+        if self.run_id:
+            self._guard(self.client.set_terminated, self.run_id, status)
+
+    # -- links ----------------------------------------------------------------------------------
+    def ui_hint(self) -> str:
+        if not self.run_id:
+            return f"metrics were kept in {self.metrics_file}"
+        path = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        if self.uri.startswith("http"):
+            return f"{self.uri.rstrip('/')}/{path}"
+        return f"mlflow ui --backend-store-uri {self.uri} --port 5000   then open http://127.0.0.1:5000/{path}"
+
+    def _guard(self, fn, *args, **kwargs) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if not self._warned:
+                self._warned = True
+                log.warning("MLflow call failed (%s: %s); metrics are still kept in %s", type(e).__name__,
+                            str(e).splitlines()[0][:200] if str(e) else "", self.metrics_file)
+            return None
+
+
+def _finite(v: Any) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return f == f and f not in (float("inf"), float("-inf"))
+
+
+def learning_curve(history: list[dict], path: str) -> str | None:
+    """Train loss per step and validation loss per evaluation, as a PNG."""
+    train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
