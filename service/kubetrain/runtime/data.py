@@ -179,6 +179,10 @@ class Formatter:
     def __init__(self, spec: DataSpec, tokenizer):
         self.spec, self.tok = spec, tokenizer
         self.templated = spec.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+        # what closes an answer: the chat turn terminator when the template has one, else EOS
+        im_end = "<|im_end|>" if self.templated and tokenizer.convert_tokens_to_ids("<|im_end|>") not in (
+            None, tokenizer.unk_token_id) else None
+        self.answer_end = f"{im_end}\n" if im_end else (tokenizer.eos_token or "")
 
     def _system(self) -> list[dict]:
         return [{"role": "system", "content": self.spec.system_prompt}] if self.spec.system_prompt else []
@@ -218,7 +222,7 @@ class Formatter:
             return self._encode_chat(record)
         prompt = self.prompt(record)
         answer = self.reference(record)
-        end = "<|im_end|>\n" if self.templated and "<|im_end|>" in tok.get_vocab() else (tok.eos_token or "")
+        end = self.answer_end
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         answer_ids = tok(answer + end, add_special_tokens=False)["input_ids"]
         ids = (prompt_ids + answer_ids)[: spec.max_length]

@@ -69,7 +69,8 @@ def train_loop_per_worker(config: dict) -> None:
     val_loader = None
     if val_ds is not None and len(val_ds):
         val_sampler = torch.utils.data.DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
-        val_loader = torch.utils.data.DataLoader(val_ds, batch_size=bs, sampler=val_sampler, collate_fn=collate)
+        val_loader = torch.utils.data.DataLoader(val_ds, batch_size=bs, sampler=val_sampler, collate_fn=collate,
+                                                 generator=_own_generator(spec.training.seed))
 
     model = rt.prepare_model(model, parallel_strategy_kwargs={
         "find_unused_parameters": getattr(spec.strategy, "find_unused_parameters", False)})
@@ -127,7 +128,8 @@ def train_loop_per_worker(config: dict) -> None:
         sampler.set_epoch(st.epoch)
         indices = list(sampler)[st.batch_in_epoch * bs : steps_per_epoch * accum * bs]
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_ds, indices), batch_size=bs,
-                                             shuffle=False, collate_fn=collate)
+                                             shuffle=False, collate_fn=collate,
+                                             generator=_own_generator(spec.training.seed + st.epoch))
         micro = 0
         for batch in loader:
             micro += 1
@@ -282,6 +284,12 @@ def _autocast(precision: str, device):
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _own_generator(seed: int) -> torch.Generator:
+    """DataLoaders draw a base seed from the global RNG per iterator unless given their own generator;
+    that draw would shift dropout after a resume (which re-creates the loader mid-epoch)."""
+    return torch.Generator().manual_seed(seed)
+
+
 def _seed(seed: int) -> None:
     from transformers import set_seed
 
@@ -296,12 +304,17 @@ def _spec_fingerprint(job: TrainingJob) -> str:
 
 
 def _inject_fault() -> None:
-    """Test hook: the last rank dies once at KUBETRAIN_FAULT_AT_STEP (a marker file makes it once only)."""
+    """Test hook: the last rank dies once at KUBETRAIN_FAULT_AT_STEP (a marker file makes it once only).
+
+    It dies a few seconds after that step, as a real fault would, rather than within milliseconds of the
+    previous report: Ray's controller registers reported checkpoints asynchronously.
+    """
     marker = os.environ.get("KUBETRAIN_FAULT_MARKER", "")
     if marker and os.path.exists(marker):
         return
     if marker:
         open(marker, "w").close()
+    time.sleep(float(os.environ.get("KUBETRAIN_FAULT_DELAY_S", "3")))
     os._exit(17)
 
 

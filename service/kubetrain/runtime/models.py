@@ -155,14 +155,17 @@ def build_tokenizer(spec: ModelSpec, model_dir: str | None, train_texts: Iterato
 
     tok_spec = spec.tokenizer
     if tok_spec.type == "bpe":
-        from tokenizers import ByteLevelBPETokenizer
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         if train_texts is None:
             raise ValueError("a BPE tokenizer needs the training texts")
-        bpe = ByteLevelBPETokenizer()
         specials = ["<|pad|>", "<|endoftext|>", "<|bos|>"]
-        bpe.train_from_iterator(train_texts, vocab_size=tok_spec.vocab_size, min_frequency=1, special_tokens=specials,
-                                show_progress=False)
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=tok_spec.vocab_size, min_frequency=1, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        bpe.train_from_iterator(train_texts, trainer)
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=specials[0], eos_token=specials[1],
                                             bos_token=specials[2])
     else:
