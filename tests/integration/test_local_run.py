@@ -29,6 +29,12 @@ def test_run_saves_adapter_checkpoints_and_tracks_everything_in_mlflow(ray_sessi
     # final adapter + tokenizer, written whole
     final = pathlib.Path(result.final_dir)
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {p.name for p in final.iterdir()}
+    # the best model (lowest eval_loss) is kept whole beside the final one
+    best = json.loads((pathlib.Path(result.best_dir) / "kubetrain_model.json").read_text())
+    assert best["metric"] == "eval_loss" and best["step"] in (4, 8)
+    periodic = {h["step"]: h["eval_loss"] for h in result.history if "eval_loss" in h and h["step"] > 0}
+    assert best["value"] == pytest.approx(min(periodic.values())) and periodic[best["step"]] == best["value"]
+    assert (pathlib.Path(result.best_dir) / "adapter_model.safetensors").exists()
     # checkpoints every 2 steps, keep_last 2
     run_dir = pathlib.Path(result.run_dir)
     assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == ["checkpoint_00000006", "checkpoint_00000008"]
@@ -53,7 +59,7 @@ def test_run_saves_adapter_checkpoints_and_tracks_everything_in_mlflow(ray_sessi
     assert client.get_metric_history(result.mlflow_run_id, "learning_rate")
     assert any(k.startswith("system/") for k in mrun.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
-    assert {"trainingjob.yaml", "learning_curve.png", "model"} <= artifacts
+    assert {"trainingjob.yaml", "learning_curve.png", "model", "best_model"} <= artifacts
     assert "model/adapter_config.json" in {a.path for a in client.list_artifacts(result.mlflow_run_id, "model")}
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import pathlib
 import queue as stdqueue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..spec import TrainingJob
@@ -35,6 +35,7 @@ class RunResult:
     succeeded: bool
     run_dir: str
     final_dir: str | None = None
+    best_dir: str | None = None
     error: str | None = None
     steps: int = 0
     seconds: float = 0.0
@@ -89,8 +90,13 @@ def _check_inputs(job: TrainingJob) -> None:
 
 def run_job(job: TrainingJob, *, local_root: str = ".kubetrain", show: bool = True,
             parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
-            worker_env: dict[str, str] | None = None) -> RunResult:
-    """Run the job to completion on a local Ray (or the cluster in RAY_ADDRESS); never raises for job errors."""
+            worker_env: dict[str, str] | None = None,
+            on_event: Callable[[dict], None] | None = None) -> RunResult:
+    """Run the job to completion on a local Ray (or the cluster in RAY_ADDRESS); never raises for job errors.
+
+    on_event, when given, sees every worker event after it is handled, in this thread, preceded by one
+    {"kind": "run", "run_dir", "mlflow_run_id", "final_dir"} event (a sweep trial reports to Tune from it).
+    """
     started = time.time()
     local_root = os.path.abspath(local_root)
     console = RunConsole(show)
@@ -126,9 +132,9 @@ def run_job(job: TrainingJob, *, local_root: str = ".kubetrain", show: bool = Tr
 
     _init_ray(job, in_cluster, worker_env)
     events = Queue(actor_options={"num_cpus": 0})
-    final_dir = os.path.join(run_dir, "final")
+    final_dir, best_dir = os.path.join(run_dir, "final"), os.path.join(run_dir, "best")
     config = {"job": job.model_dump(mode="json"), "queue": events, "model_dir": model_dir,
-              "cache_dir": data_mod.datasets_cache(local_root), "final_dir": final_dir}
+              "cache_dir": data_mod.datasets_cache(local_root), "final_dir": final_dir, "best_dir": best_dir}
     from .loop import train_loop_per_worker
 
     res = spec.resources
@@ -159,6 +165,9 @@ def run_job(job: TrainingJob, *, local_root: str = ".kubetrain", show: bool = Tr
     thread = threading.Thread(target=fit, name="kubetrain-fit", daemon=True)
     thread.start()
     progress = _Progress(console, tracker, reporter, result)
+    progress.on_event = on_event
+    if on_event:
+        on_event({"kind": "run", "run_dir": run_dir, "mlflow_run_id": tracker.run_id, "final_dir": final_dir})
     while thread.is_alive():
         thread.join(0.5)
         progress.handle(_drain(events))
@@ -178,6 +187,9 @@ def run_job(job: TrainingJob, *, local_root: str = ".kubetrain", show: bool = Tr
         tracker.log_artifacts(final_dir, "model")
         if spec.tracking.register_model:
             tracker.register_model(spec.tracking.register_model)
+    if os.path.exists(best_dir) and result.succeeded:
+        result.best_dir = best_dir
+        tracker.log_artifacts(best_dir, "best_model")
     curve = learning_curve(progress.history, os.path.join(run_dir, "learning_curve.png"))
     if curve:
         tracker.log_artifact(curve)
@@ -188,7 +200,7 @@ def run_job(job: TrainingJob, *, local_root: str = ".kubetrain", show: bool = Tr
     tracker.end("FINISHED" if result.succeeded else "FAILED")
     result.mlflow_hint = tracker.ui_hint()
     if reporter:
-        reporter.report(progress.snapshot(final=True))
+        reporter.report(progress.snapshot(final=True), final=True)
     try:
         ray.kill(events.actor)
     except Exception:
@@ -207,10 +219,13 @@ class _Progress:
         self.first_step_time: float | None = None
         self.first_step = 0
         self.latest: dict = {}
+        self.on_event: Callable[[dict], None] | None = None
 
     def handle(self, events: list[dict]) -> None:
         for ev in events:
             getattr(self, "on_" + ev["kind"], lambda e: None)(ev)
+            if self.on_event:
+                self.on_event(ev)
         if events and self.reporter:
             self.reporter.report(self.snapshot())
 
@@ -291,14 +306,14 @@ class _Progress:
 
 
 def _drain(events) -> list[dict]:
+    """Everything queued so far (never blocks)."""
     out: list[dict] = []
-    while True:
-        try:
-            out += events.get_nowait_batch(max(1, min(100, events.qsize())))
-        except (stdqueue.Empty, Exception):
-            return out
-        if events.qsize() == 0:
-            return out
+    try:
+        while (n := events.qsize()) > 0:
+            out += events.get_nowait_batch(n)
+    except stdqueue.Empty:
+        pass
+    return out
 
 
 def _init_ray(job: TrainingJob, in_cluster: bool, worker_env: dict | None) -> None:
@@ -310,6 +325,9 @@ def _init_ray(job: TrainingJob, in_cluster: bool, worker_env: dict | None) -> No
     if in_cluster:
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True)  # a RayJob's logs are the pod logs
         return
+    # Ray starts workers at nice 15; here the Train workers are the workload, so they get normal priority
+    # (otherwise the driver, MLflow writes or any other process preempt them).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     need = job.spec.resources.workers * job.spec.resources.cpus_per_worker
     cpus = os.cpu_count() or 2
     ray.init(num_cpus=max(cpus, int(need + 0.999)), include_dashboard=False, log_to_driver=_verbose(),
@@ -353,7 +371,3 @@ def _short_error(error: BaseException) -> str:
                           "FileNotFoundError")):
             return ln
     return lines[-1] if lines else type(error).__name__
-
-
-def storage_dir(job: TrainingJob) -> pathlib.Path:
-    return pathlib.Path(resolve_paths(job).spec.checkpoint.storage) / job.name

@@ -177,6 +177,9 @@ def train_loop_per_worker(config: dict) -> None:
                 evaluated = run_eval("periodic")
                 channel.emit("eval", step=st.step, tag="periodic", metrics=evaluated)
                 _early_stopping(spec, st, evaluated)
+                if spec.checkpoint.keep_best and st.best_step == st.step and rank == 0:
+                    _publish_model(inner, tokenizer, config["best_dir"],
+                                   info={"step": st.step, "metric": _watched(spec), "value": st.best_metric})
             if st.step % ckpt_every == 0 or last or st.stopped_early:
                 _checkpoint(rank, inner, optimizer, scheduler, st, evaluated)
             if last or st.stopped_early:
@@ -191,7 +194,8 @@ def train_loop_per_worker(config: dict) -> None:
     if st.stopped_early:
         channel.emit("stopped_early", step=st.step, best_step=st.best_step, best_metric=st.best_metric)
     if rank == 0:
-        _save_final(job, inner, tokenizer, config["final_dir"])
+        _publish_model(inner, tokenizer, config["final_dir"], merge=getattr(spec.peft, "merge_on_save", False),
+                       info={"step": st.step, "job": job.name})
         channel.emit("final", path=config["final_dir"], step=st.step)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -210,10 +214,16 @@ class _Phases:
         self.t = now
 
 
-def _early_stopping(spec, st: ckpt.TrainState, metrics: dict) -> None:
+def _watched(spec) -> str:
+    """The validation metric that defines 'best': the early-stopping metric, else eval_loss."""
     es = spec.training.early_stopping
     name = es.metric if es else "eval_loss"
-    name = name if name.startswith("eval_") else "eval_" + name
+    return name if name.startswith("eval_") else "eval_" + name
+
+
+def _early_stopping(spec, st: ckpt.TrainState, metrics: dict) -> None:
+    es = spec.training.early_stopping
+    name = _watched(spec)
     if name not in metrics:
         return
     value, mode, delta = metrics[name], (es.mode if es else "min"), (es.min_delta if es else 0.0)
@@ -237,26 +247,30 @@ def _checkpoint(rank, model, optimizer, scheduler, st: ckpt.TrainState, metrics:
                          checkpoint_dir_name=f"checkpoint_{st.step:08d}")
 
 
-def _save_final(job: TrainingJob, model, tokenizer, final_dir: str) -> None:
-    """The adapter (or full model) and tokenizer, written beside final_dir and renamed into place."""
-    parent = os.path.dirname(final_dir)
+def _publish_model(model, tokenizer, dest: str, merge: bool = False, info: dict | None = None) -> None:
+    """The adapter (or full model) and tokenizer, written to a temp dir beside dest and renamed into place,
+    so dest is always either the previous complete copy or the new complete copy."""
+    import shutil
+
+    parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".final-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dest) + "-", dir=parent)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if getattr(job.spec.peft, "merge_on_save", False):
+    if info:
+        with open(os.path.join(tmp, "kubetrain_model.json"), "w") as f:
+            json.dump(info, f)
+    if merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(os.path.join(tmp, "merged"))
         tokenizer.save_pretrained(os.path.join(tmp, "merged"))
-    if os.path.exists(final_dir):
-        old = final_dir + ".old"
-        os.replace(final_dir, old)
-        os.replace(tmp, final_dir)
-        import shutil
-
+    old = None
+    if os.path.exists(dest):
+        old = tempfile.mkdtemp(prefix="." + os.path.basename(dest) + "-old-", dir=parent)
+        os.replace(dest, os.path.join(old, "x"))
+    os.replace(tmp, dest)
+    if old:
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final_dir)
 
 
 def _optimizer(training, model):

@@ -20,7 +20,9 @@ class CheckpointSpec(Spec):
     )
     keep_last: int = Field(2, ge=1, le=1000, description="How many of the most recent checkpoints to keep.")
     keep_best: bool = Field(
-        True, description="Also keep the checkpoint with the best early-stopping (or eval_loss) metric."
+        True,
+        description="Also keep the best model so far (by the early-stopping metric, else eval_loss) in "
+        "<storage>/<name>/best, with its step and metric value.",
     )
     resume: bool = Field(True, description="Resume from the latest checkpoint of a previous run of this job.")
 
