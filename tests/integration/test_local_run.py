@@ -87,12 +87,17 @@ def test_interrupted_run_resumes_where_it_stopped_with_the_same_losses(ray_sessi
 
 def test_killed_worker_is_restarted_by_ray_from_the_last_checkpoint(ray_session, tiny_job, tmp_path):
     marker = tmp_path / "fault-once"
-    job = tiny_job("killed", spec__lifecycle__max_worker_failures=1)
+    job = tiny_job("killed", spec__lifecycle__max_worker_failures=1, spec__peft__merge_on_save=True)
     result = run(job, worker_env={"KUBETRAIN_FAULT_AT_STEP": "3", "KUBETRAIN_FAULT_MARKER": str(marker)})
     assert marker.exists(), "the fault hook never fired"
     assert result.succeeded, result.error
     assert result.resumed_from_step == 2
     assert result.steps == 8
+    # merge_on_save: a plain model with the adapter folded in, loadable without PEFT
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(pathlib.Path(result.final_dir) / "merged")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
 
 
 def test_classification_metrics_early_stopping_and_unreachable_mlflow(ray_session, tiny_job, sentiment_file):
