@@ -5,7 +5,10 @@ steps; (a) kubetrain with 2 Ray Train workers, (b) plain gloo DDP with 2 process
 steady-state samples/s of both, their ratio (kubetrain / plain; target >= 0.95) and the
 time-to-first-step of both. The last line is a JSON object with the figures.
 
-    python bench/overhead.py [--job jobs/quickstart.yaml] [--steps 24] [--warmup 4]
+    python bench/overhead.py [--job jobs/quickstart.yaml] [--steps 24] [--warmup 4] [--repeats 1]
+
+With --repeats N the two arms alternate (plain, kubetrain, plain, ...) and medians are reported, so a
+drift in machine load affects both arms alike.
 """
 
 from __future__ import annotations
@@ -121,19 +124,25 @@ def main() -> None:
     parser.add_argument("--job", default=str(ROOT / "jobs/quickstart.yaml"))
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     os.chdir(ROOT)
-    with tempfile.TemporaryDirectory() as storage:
-        job = bench_job(args.job, args.steps, storage)
-        plain = run_plain(job, args.warmup, args.steps)
-        print(f"plain DDP : {plain['samples_per_second']:.2f} samples/s steady, "
-              f"first step after {plain['time_to_first_step_s']:.1f} s", flush=True)
-        kt = run_kubetrain(job, args.warmup)
-        print(f"kubetrain : {kt['samples_per_second']:.2f} samples/s steady, "
-              f"first step after {kt['time_to_first_step_s']:.1f} s", flush=True)
+    plains, kts = [], []
+    for i in range(args.repeats):
+        with tempfile.TemporaryDirectory() as storage:
+            job = bench_job(args.job, args.steps, storage)
+            plains.append(run_plain(job, args.warmup, args.steps))
+            print(f"[{i + 1}/{args.repeats}] plain DDP : {plains[-1]['samples_per_second']:.2f} samples/s steady, "
+                  f"first step after {plains[-1]['time_to_first_step_s']:.1f} s", flush=True)
+            kts.append(run_kubetrain(job, args.warmup))
+            print(f"[{i + 1}/{args.repeats}] kubetrain : {kts[-1]['samples_per_second']:.2f} samples/s steady, "
+                  f"first step after {kts[-1]['time_to_first_step_s']:.1f} s", flush=True)
+    plain = {k: statistics.median(r[k] for r in plains) for k in plains[0]}
+    kt = {k: statistics.median(r[k] for r in kts) for k in kts[0]}
     ratio = kt["samples_per_second"] / plain["samples_per_second"]
     print(f"steady-state ratio kubetrain / plain = {ratio:.3f} (target >= 0.95)")
     print(json.dumps({"benchmark": "overhead", "job": args.job, "steps": args.steps, "warmup_steps": args.warmup,
+                      "repeats": args.repeats,
                       "workers": job.spec.resources.workers, "batch_size_per_worker": job.spec.training.batch_size,
                       "kubetrain_samples_per_second": round(kt["samples_per_second"], 3),
                       "plain_samples_per_second": round(plain["samples_per_second"], 3),
