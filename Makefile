@@ -36,8 +36,9 @@ lint: install
 generate: install
 	$(PY) -m kubetrain.schema.generate
 
+BENCHES ?= overhead operator_scale asha_vs_random
 bench: install
-	$(PY) bench/overhead.py
+	set -e; for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py; done
 
 clean:
 	rm -rf $(VENV) .kubetrain

@@ -134,7 +134,8 @@ def run_job(job: TrainingJob, *, local_root: str = ".kubetrain", show: bool = Tr
     events = Queue(actor_options={"num_cpus": 0})
     final_dir, best_dir = os.path.join(run_dir, "final"), os.path.join(run_dir, "best")
     config = {"job": job.model_dump(mode="json"), "queue": events, "model_dir": model_dir,
-              "cache_dir": data_mod.datasets_cache(local_root), "final_dir": final_dir, "best_dir": best_dir}
+              "cache_dir": data_mod.datasets_cache(local_root), "models_dir": os.path.join(local_root, "models"),
+              "final_dir": final_dir, "best_dir": best_dir}
     from .loop import train_loop_per_worker
 
     res = spec.resources

@@ -18,7 +18,7 @@ from . import data as data_mod
 from . import state as ckpt
 from .channel import Channel
 from .evaluate import evaluate, exact_match
-from .models import apply_peft, build_model, build_tokenizer, count_parameters
+from .models import apply_peft, build_model, build_tokenizer, count_parameters, resolve_model_dir
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -39,11 +39,14 @@ def train_loop_per_worker(config: dict) -> None:
     # Data and model
     splits = data_mod.load_splits(spec.data, spec.training.seed, config["cache_dir"])
     phases.mark("load_data")
+    model_dir = config.get("model_dir")
+    if model_dir is None and spec.model.name_or_path:  # in a cluster each node resolves (and caches) its copy
+        model_dir = resolve_model_dir(spec.model, config["models_dir"])
     texts = (str(r[spec.data.fields.text]) if spec.data.format in ("text", "classification") else
              json.dumps(r, default=str) for r in splits.train)
-    tokenizer = build_tokenizer(spec.model, config["model_dir"], texts)
+    tokenizer = build_tokenizer(spec.model, model_dir, texts)
     classification = spec.task == "sequence_classification"
-    model = build_model(spec.model, config["model_dir"], tokenizer, spec.task,
+    model = build_model(spec.model, model_dir, tokenizer, spec.task,
                         num_labels=len(splits.label_names) if splits.label_names else None)
     model = apply_peft(model, spec.peft, spec.task)
     phases.mark("build_model")

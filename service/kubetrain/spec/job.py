@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .. import API_VERSION, KIND
 from .base import Rfc1123Label, Spec
@@ -15,11 +16,13 @@ from .model import ModelSpec
 from .peft import LoraSpec, Peft
 from .resources import ResourcesSpec
 from .strategy import DDPStrategy, Strategy
+from .sweep import SweepSpec, sweep_problems
 from .tracking import CheckpointSpec, TrackingSpec
 from .training import TrainingSpec
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
 LM_METRICS = ("perplexity", "token_accuracy", "exact_match")
+PERIODIC_LM_METRICS = ("perplexity", "token_accuracy")  # exact_match is scored only before and after training
 
 
 class GenerationEval(Spec):
@@ -78,6 +81,9 @@ class TrainingJobSpec(Spec):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking.")
     lifecycle: LifecycleSpec = Field(default_factory=LifecycleSpec, description="Retries, deadlines, clean-up.")
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables for the runtime.")
+    sweep: SweepSpec | None = Field(
+        None, description="Make this job a hyperparameter sweep (Ray Tune): each trial is a run of this spec "
+        "with the parameters replaced.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingJobSpec:
@@ -102,7 +108,24 @@ class TrainingJobSpec(Spec):
                     f"training.early_stopping.metric '{es.metric}' is not a validation metric of {self.task}; "
                     f"allowed: {', '.join('eval_' + m for m in allowed)}"
                 )
+        if self.sweep is not None:
+            self._check_sweep(classification)
         return self
+
+    def _check_sweep(self, classification: bool) -> None:
+        sweep = self.sweep
+        if not self.data.validation and not self.data.validation_split:
+            raise ValueError("sweep needs validation data: set data.validation or data.validation_split > 0")
+        allowed = tuple("eval_" + m for m in ("loss",) + (CLASSIFICATION_METRICS if classification
+                                                           else PERIODIC_LM_METRICS))
+        errors = [InitErrorDetails(type=PydanticCustomError("sweep", "{why}", {"why": why}), loc=loc, input=given)
+                  for loc, why, given in
+                  [(("sweep", "metric" if i == 0 else "second_objective"), f"'{o.metric}' is not a metric every "
+                    f"evaluation of {self.task} reports; allowed: {', '.join(allowed)}", o.metric)
+                   for i, o in enumerate(sweep.objectives()) if o.metric not in allowed]
+                  + sweep_problems(self, TrainingJobSpec)]
+        if errors:
+            raise ValidationError.from_exception_data("TrainingJobSpec", errors)
 
 
 class TrainingJob(Spec):
