@@ -29,5 +29,6 @@ def smollm2_dir() -> str:
     from kubetrain.runtime.models import resolve_model_dir
     from kubetrain.spec.model import ModelSpec
 
-    return resolve_model_dir(ModelSpec(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"),
-                             ROOT / ".kubetrain" / "models")
+    return resolve_model_dir(
+        ModelSpec(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"), ROOT / ".kubetrain" / "models"
+    )

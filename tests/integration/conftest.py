@@ -15,15 +15,27 @@ TINY = {
     "kind": "TrainingJob",
     "metadata": {"name": "tiny"},
     "spec": {
-        "model": {"from_config": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 4},
-                  "tokenizer": {"type": "bpe", "vocab_size": 300}},
-        "data": {"train": str(ROOT / "jobs/data/dates/train.jsonl"),
-                 "validation": str(ROOT / "jobs/data/dates/validation.jsonl"),
-                 "format": "instruction", "max_length": 64, "max_train_samples": 256,
-                 "max_validation_samples": 32},
+        "model": {
+            "from_config": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 4},
+            "tokenizer": {"type": "bpe", "vocab_size": 300},
+        },
+        "data": {
+            "train": str(ROOT / "jobs/data/dates/train.jsonl"),
+            "validation": str(ROOT / "jobs/data/dates/validation.jsonl"),
+            "format": "instruction",
+            "max_length": 64,
+            "max_train_samples": 256,
+            "max_validation_samples": 32,
+        },
         "peft": {"type": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-        "training": {"max_steps": 8, "batch_size": 4, "learning_rate": 0.01, "eval_every": 4, "seed": 7,
-                     "warmup_steps": 2},
+        "training": {
+            "max_steps": 8,
+            "batch_size": 4,
+            "learning_rate": 0.01,
+            "eval_every": 4,
+            "seed": 7,
+            "warmup_steps": 2,
+        },
         "resources": {"workers": 2, "cpus_per_worker": 1},
         "checkpoint": {"every": 2, "keep_last": 2},
         "lifecycle": {"max_worker_failures": 0},
@@ -38,8 +50,13 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_worker_niceness", "0")  # as the driver does for a local Ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 2**20,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=128 * 2**20,
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}},
+    )
     yield ray
     ray.shutdown()
 
@@ -69,8 +86,9 @@ def sentiment_file(tmp_path_factory):
     rows = []
     for i in range(240):
         label = i % 2
-        words = [rng.choice(pos if label else neg)] + [rng.choice(["the", "film", "was", "quite", "very"])
-                                                       for _ in range(3)]
+        words = [rng.choice(pos if label else neg)] + [
+            rng.choice(["the", "film", "was", "quite", "very"]) for _ in range(3)
+        ]
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": "positive" if label else "negative"})
     path = tmp_path_factory.mktemp("data") / "sentiment.jsonl"

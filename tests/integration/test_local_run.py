@@ -14,7 +14,9 @@ pytestmark = pytest.mark.ray
 def run(job, **kw):
     from kubetrain.runtime.driver import run_job
 
-    return run_job(job, local_root=str(pathlib.Path(job.spec.checkpoint.storage).parent / "root"), show=False, **kw)
+    return run_job(
+        job, local_root=str(pathlib.Path(job.spec.checkpoint.storage).parent / "root"), show=False, **kw
+    )
 
 
 def test_run_saves_adapter_checkpoints_and_tracks_everything_in_mlflow(ray_session, tiny_job):
@@ -28,7 +30,9 @@ def test_run_saves_adapter_checkpoints_and_tracks_everything_in_mlflow(ray_sessi
     assert result.after["eval_loss"] < result.before["eval_loss"]
     # final adapter + tokenizer, written whole
     final = pathlib.Path(result.final_dir)
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {p.name for p in final.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {
+        p.name for p in final.iterdir()
+    }
     # the best model (lowest eval_loss) is kept whole beside the final one
     best = json.loads((pathlib.Path(result.best_dir) / "kubetrain_model.json").read_text())
     assert best["metric"] == "eval_loss" and best["step"] in (4, 8)
@@ -37,10 +41,14 @@ def test_run_saves_adapter_checkpoints_and_tracks_everything_in_mlflow(ray_sessi
     assert (pathlib.Path(result.best_dir) / "adapter_model.safetensors").exists()
     # checkpoints every 2 steps, keep_last 2
     run_dir = pathlib.Path(result.run_dir)
-    assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == ["checkpoint_00000006", "checkpoint_00000008"]
+    assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == [
+        "checkpoint_00000006",
+        "checkpoint_00000008",
+    ]
     ckpt = run_dir / "checkpoint_00000008"
-    assert {"weights.pt", "optimizer.pt", "trainer_state.json", "rng_rank0.pt", "rng_rank1.pt"} <= \
-        {p.name for p in ckpt.iterdir()}
+    assert {"weights.pt", "optimizer.pt", "trainer_state.json", "rng_rank0.pt", "rng_rank1.pt"} <= {
+        p.name for p in ckpt.iterdir()
+    }
 
     client = MlflowClient(result.tracking_uri)
     mrun = client.get_run(result.mlflow_run_id)
@@ -60,7 +68,9 @@ def test_run_saves_adapter_checkpoints_and_tracks_everything_in_mlflow(ray_sessi
     assert any(k.startswith("system/") for k in mrun.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {"trainingjob.yaml", "learning_curve.png", "model", "best_model"} <= artifacts
-    assert "model/adapter_config.json" in {a.path for a in client.list_artifacts(result.mlflow_run_id, "model")}
+    assert "model/adapter_config.json" in {
+        a.path for a in client.list_artifacts(result.mlflow_run_id, "model")
+    }
 
 
 def test_interrupted_run_resumes_where_it_stopped_with_the_same_losses(ray_session, tiny_job, tmp_path):
@@ -104,11 +114,21 @@ def test_classification_metrics_early_stopping_and_unreachable_mlflow(ray_sessio
     job = tiny_job(
         "sentiment",
         spec__task="sequence_classification",
-        spec__data={"train": sentiment_file, "format": "classification", "validation_split": 0.25,
-                    "max_length": 16},
+        spec__data={
+            "train": sentiment_file,
+            "format": "classification",
+            "validation_split": 0.25,
+            "max_length": 16,
+        },
         spec__peft={"type": "none"},
-        spec__training={"max_steps": 40, "batch_size": 8, "learning_rate": 0.01, "eval_every": 2, "seed": 1,
-                        "early_stopping": {"metric": "eval_accuracy", "mode": "max", "patience": 2}},
+        spec__training={
+            "max_steps": 40,
+            "batch_size": 8,
+            "learning_rate": 0.01,
+            "eval_every": 2,
+            "seed": 1,
+            "early_stopping": {"metric": "eval_accuracy", "mode": "max", "patience": 2},
+        },
         spec__tracking={"tracking_uri": "http://127.0.0.1:9"},
     )
     result = run(job)
@@ -118,6 +138,8 @@ def test_classification_metrics_early_stopping_and_unreachable_mlflow(ray_sessio
     assert result.stopped_early and result.steps < 40
     # tracking server down: the run still completed and says where the metrics went
     assert "unreachable" in result.tracking_note
-    assert result.tracking_uri.startswith("sqlite:///") and os.path.exists(os.path.join(result.run_dir, "metrics.jsonl"))
+    assert result.tracking_uri.startswith("sqlite:///") and os.path.exists(
+        os.path.join(result.run_dir, "metrics.jsonl")
+    )
     lines = [json.loads(x) for x in open(os.path.join(result.run_dir, "metrics.jsonl"))]
     assert any("eval_f1" in x for x in lines)

@@ -17,8 +17,10 @@ def test_unknown_hub_id_offline_says_how_to_point_at_a_local_copy(tmp_path, monk
     msg = str(e.value)
     assert msg.startswith("spec.model.name_or_path: cannot download 'no-such-org/no-such-model'")
     assert "set spec.model.name_or_path to that directory" in msg
-    assert not any(p.name.startswith("no-such-org--no-such-model") and not p.name.endswith(".lock")
-                   for p in tmp_path.iterdir()), "a failed download must leave nothing half-written"
+    assert not any(
+        p.name.startswith("no-such-org--no-such-model") and not p.name.endswith(".lock")
+        for p in tmp_path.iterdir()
+    ), "a failed download must leave nothing half-written"
 
 
 @pytest.mark.parametrize("ref", ["/definitely/not/here", "./relative/missing", "just-a-name", "a/b/c"])
@@ -32,7 +34,9 @@ def test_smollm2_resolves_offline_from_the_package_once(smollm2_dir):
     assert (d / "model.safetensors").exists() and (d / ".kubetrain-ready").exists()
     # second resolution is a cache hit: same directory, nothing rebuilt
     mtime = (d / "model.safetensors").stat().st_mtime
-    assert resolve_model_dir(ModelSpec(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"), d.parent) == str(d)
+    assert resolve_model_dir(ModelSpec(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"), d.parent) == str(
+        d
+    )
     assert (d / "model.safetensors").stat().st_mtime == mtime
 
 
@@ -44,8 +48,12 @@ def test_a_local_directory_loads_as_is_and_generates(smollm2_dir):
     tok = build_tokenizer(spec, smollm2_dir)
     model = build_model(spec, smollm2_dir, tok, "causal_lm")
     assert type(model).__name__ == "LlamaForCausalLM" and tok.chat_template
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=6, do_sample=False)
-    assert tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert tok.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()

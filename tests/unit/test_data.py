@@ -17,7 +17,9 @@ TEXTS = ["the quick brown fox jumps over the lazy dog", "2021-03-05 is a date", 
 
 @pytest.fixture(scope="module")
 def tok():
-    spec = ModelSpec(from_config={"hidden_size": 32, "num_heads": 4}, tokenizer={"type": "bpe", "vocab_size": 300})
+    spec = ModelSpec(
+        from_config={"hidden_size": 32, "num_heads": 4}, tokenizer={"type": "bpe", "vocab_size": 300}
+    )
     return build_tokenizer(spec, None, iter(TEXTS))
 
 
@@ -34,9 +36,12 @@ def test_instruction_masks_the_prompt(tok):
     enc = Formatter(spec, tok).encode({"prompt": "hello world", "response": "the dog"})
     learned = [t for t in enc["labels"] if t != IGNORE]
     assert tok.decode(learned) == "the dog" + tok.eos_token
-    assert enc["labels"][: len(enc["labels"]) - len(learned)] == [IGNORE] * (len(enc["labels"]) - len(learned))
+    assert enc["labels"][: len(enc["labels"]) - len(learned)] == [IGNORE] * (
+        len(enc["labels"]) - len(learned)
+    )
     unmasked = Formatter(spec.model_copy(update={"mask_prompt": False}), tok).encode(
-        {"prompt": "hello world", "response": "the dog"})
+        {"prompt": "hello world", "response": "the dog"}
+    )
     assert unmasked["labels"] == unmasked["input_ids"]
 
 
@@ -48,8 +53,12 @@ def test_truncation_respects_max_length(tok):
 
 def test_chat_learns_only_assistant_turns(smollm2_tokenizer):
     spec = DataSpec(train="x", format="chat", max_length=256)
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"},
-                {"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello there"},
+        {"role": "user", "content": "bye"},
+        {"role": "assistant", "content": "see you"},
+    ]
     enc = Formatter(spec, smollm2_tokenizer).encode({"messages": messages})
     learned = smollm2_tokenizer.decode([t for t in enc["labels"] if t != IGNORE])
     assert "hello there" in learned and "see you" in learned
@@ -74,12 +83,15 @@ def test_classification_labels_are_indexed(tok):
     assert [r["labels"] for r in out] == [1, 0]
 
 
-@pytest.mark.parametrize("content,fragment", [
-    ('{"text": "a"}\n', "needs column(s) ['prompt', 'response']"),
-    ("", "has no records"),
-    ("[1, 2]", "must hold JSON objects"),
-    ("{not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        ('{"text": "a"}\n', "needs column(s) ['prompt', 'response']"),
+        ("", "has no records"),
+        ("[1, 2]", "must hold JSON objects"),
+        ("{not json", "not valid JSON"),
+    ],
+)
 def test_bad_data_is_named_before_training(tmp_path, content, fragment):
     f = tmp_path / "train.jsonl"
     f.write_text(content)

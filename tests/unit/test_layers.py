@@ -13,7 +13,17 @@ import pytest
 from tests.conftest import ROOT
 
 PKG = ROOT / "service" / "kubetrain"
-HEAVY = {"torch", "ray", "deepspeed", "transformers", "peft", "datasets", "tokenizers", "mlflow", "accelerate"}
+HEAVY = {
+    "torch",
+    "ray",
+    "deepspeed",
+    "transformers",
+    "peft",
+    "datasets",
+    "tokenizers",
+    "mlflow",
+    "accelerate",
+}
 ALLOWED = {  # layer -> kubetrain layers it may import at module level
     "spec": set(),
     "schema": {"spec"},
@@ -61,14 +71,18 @@ def test_layer_rule(path):
         if top == "kubetrain" and layer is not None and len(name.split(".")) > 1:
             target = name.split(".")[1]
             if target in ALLOWED and target != layer:
-                assert target in ALLOWED[layer], f"{path.relative_to(ROOT)} ({layer}) imports kubetrain.{target}"
+                assert target in ALLOWED[layer], (
+                    f"{path.relative_to(ROOT)} ({layer}) imports kubetrain.{target}"
+                )
 
 
 def test_control_plane_starts_without_the_training_stack():
     import subprocess
     import sys
 
-    code = ("import sys, kubetrain.spec, kubetrain.cli.main; "
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in %r); print(heavy)" % (HEAVY,))
+    code = (
+        "import sys, kubetrain.spec, kubetrain.cli.main; "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in %r); print(heavy)" % (HEAVY,)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -304,16 +304,23 @@ def test_platform_config_loads_from_file_and_env(tmp_path, monkeypatch):
 
 
 def test_pvc_storage_is_mounted_on_every_ray_pod():
-    from kubetrain.render.rayjob import render_rayjob
     from kubetrain.render.platform import PlatformConfig
+    from kubetrain.render.rayjob import render_rayjob
     from kubetrain.spec import load_job
     from tests.conftest import ROOT
 
-    job = load_job((ROOT / "jobs/quickstart.yaml").read_text(),
-                   overrides=["spec.checkpoint.storage=pvc://training-data/runs"])
+    job = load_job(
+        (ROOT / "jobs/quickstart.yaml").read_text(),
+        overrides=["spec.checkpoint.storage=pvc://training-data/runs"],
+    )
     cluster = render_rayjob(job, PlatformConfig())["spec"]["rayClusterSpec"]
-    for pod in [cluster["headGroupSpec"]["template"]["spec"], cluster["workerGroupSpecs"][0]["template"]["spec"]]:
-        assert {"name": "kubetrain-storage", "persistentVolumeClaim": {"claimName": "training-data"}} in pod["volumes"]
+    for pod in [
+        cluster["headGroupSpec"]["template"]["spec"],
+        cluster["workerGroupSpecs"][0]["template"]["spec"],
+    ]:
+        assert {"name": "kubetrain-storage", "persistentVolumeClaim": {"claimName": "training-data"}} in pod[
+            "volumes"
+        ]
         main = pod["containers"][0]
         assert {"name": "kubetrain-storage", "mountPath": "/mnt/pvc/training-data"} in main["volumeMounts"]
         assert {"name": "KUBETRAIN_PVC_ROOT", "value": "/mnt/pvc"} in main["env"]

@@ -12,8 +12,13 @@ from tests.conftest import MINIMAL, ROOT
 
 
 def with_(path: str, value) -> dict:
-    return apply_overrides(copy.deepcopy(MINIMAL), [f"{path}={yaml.safe_dump(value, default_flow_style=True).strip()}"]) \
-        if not isinstance(value, dict) else _set(path, value)
+    return (
+        apply_overrides(
+            copy.deepcopy(MINIMAL), [f"{path}={yaml.safe_dump(value, default_flow_style=True).strip()}"]
+        )
+        if not isinstance(value, dict)
+        else _set(path, value)
+    )
 
 
 def _set(path: str, value) -> dict:
@@ -99,8 +104,14 @@ def test_bad(path, value, where, fragment):
 
 def test_missing_required_fields_are_named():
     with pytest.raises(SpecError) as e:
-        validate_job({"apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "x"},
-                      "spec": {"model": {"name_or_path": "a/b"}}})
+        validate_job(
+            {
+                "apiVersion": "kubetrain.dev/v1alpha1",
+                "kind": "TrainingJob",
+                "metadata": {"name": "x"},
+                "spec": {"model": {"name_or_path": "a/b"}},
+            }
+        )
     assert [(p.path, p.message) for p in e.value.problems] == [("spec.data", "required field is missing")]
 
 
@@ -114,13 +125,16 @@ def test_errors_carry_yaml_line_numbers():
     assert str(e.value).startswith(f"q.yaml:{line}: spec.training.learning_rate: got -3")
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("", "the document is empty"),
-    ("- a\n- b\n", "got a list"),
-    ("just a string", "got a string"),
-    ("a: [1, 2\n", "YAML syntax error"),
-    ("a: 1\n  b: 2\n", "YAML syntax error"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("", "the document is empty"),
+        ("- a\n- b\n", "got a list"),
+        ("just a string", "got a string"),
+        ("a: [1, 2\n", "YAML syntax error"),
+        ("a: 1\n  b: 2\n", "YAML syntax error"),
+    ],
+)
 def test_malformed_documents(text, fragment):
     with pytest.raises(SpecError) as e:
         load_job(text, "f.yaml")
@@ -128,8 +142,9 @@ def test_malformed_documents(text, fragment):
 
 
 def test_overrides_apply_and_validate():
-    job = validate_job(copy.deepcopy(MINIMAL), overrides=["spec.training.learning_rate=1e-4",
-                                                           "spec.resources.workers=4"])
+    job = validate_job(
+        copy.deepcopy(MINIMAL), overrides=["spec.training.learning_rate=1e-4", "spec.resources.workers=4"]
+    )
     assert job.spec.training.learning_rate == 1e-4 and job.spec.resources.workers == 4
     with pytest.raises(SpecError) as e:
         validate_job(copy.deepcopy(MINIMAL), overrides=["spec.training.learning_rate=-2"])
@@ -141,7 +156,9 @@ def test_overrides_apply_and_validate():
 def test_server_metadata_is_accepted():
     """`kubectl get tj x -o yaml` output runs locally: server-set metadata and status are accepted."""
     data = copy.deepcopy(MINIMAL)
-    data["metadata"].update(uid="123", resourceVersion="5", generation=2, creationTimestamp="2026-01-01T00:00:00Z")
+    data["metadata"].update(
+        uid="123", resourceVersion="5", generation=2, creationTimestamp="2026-01-01T00:00:00Z"
+    )
     data["status"] = {"phase": "Running"}
     assert validate_job(data).metadata.uid == "123"
 

@@ -21,23 +21,63 @@ def sweep_job(sweep: dict, **spec) -> dict:
 
 
 GOOD = [
-    ("loguniform lr + lora rank alias", {"parameters": {"training.learning_rate": LR,
-                                                        "peft.lora.r": {"type": "choice", "values": [4, 8, 16]}}}),
-    ("every distribution", {"algorithm": "random", "parameters": {
-        "training.warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.2},
-        "training.learning_rate": LR,
-        "peft.r": {"type": "int", "low": 2, "high": 16, "log": True},
-        "training.schedule": {"type": "choice", "values": ["linear", "cosine"]},
-        "training.batch_size": {"type": "grid", "values": [4, 8]}}}),
+    (
+        "loguniform lr + lora rank alias",
+        {
+            "parameters": {
+                "training.learning_rate": LR,
+                "peft.lora.r": {"type": "choice", "values": [4, 8, 16]},
+            }
+        },
+    ),
+    (
+        "every distribution",
+        {
+            "algorithm": "random",
+            "parameters": {
+                "training.warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.2},
+                "training.learning_rate": LR,
+                "peft.r": {"type": "int", "low": 2, "high": 16, "log": True},
+                "training.schedule": {"type": "choice", "values": ["linear", "cosine"]},
+                "training.batch_size": {"type": "grid", "values": [4, 8]},
+            },
+        },
+    ),
     ("grid", {"algorithm": "grid", "parameters": {"peft.alpha": {"type": "grid", "values": [8, 16]}}}),
-    ("asha + hyperopt", {"algorithm": "hyperopt", "scheduler": "asha", "trials": 4, "max_concurrent": 2,
-                         "grace_period": 2, "reduction_factor": 2, "parameters": {"training.learning_rate": LR}}),
-    ("median + budgets", {"scheduler": "median", "max_failed_trials": 2, "time_budget_s": 600, "seed": 3,
-                          "parameters": {"training.weight_decay": {"type": "uniform", "low": 0, "high": 0.1}}}),
-    ("two objectives", {"metric": "eval_loss", "second_objective": {"metric": "eval_token_accuracy", "mode": "max"},
-                        "parameters": {"training.learning_rate": LR}}),
-    ("a field that is null by default", {"parameters": {"training.warmup_steps": {"type": "int", "low": 0,
-                                                                                 "high": 4}}}),
+    (
+        "asha + hyperopt",
+        {
+            "algorithm": "hyperopt",
+            "scheduler": "asha",
+            "trials": 4,
+            "max_concurrent": 2,
+            "grace_period": 2,
+            "reduction_factor": 2,
+            "parameters": {"training.learning_rate": LR},
+        },
+    ),
+    (
+        "median + budgets",
+        {
+            "scheduler": "median",
+            "max_failed_trials": 2,
+            "time_budget_s": 600,
+            "seed": 3,
+            "parameters": {"training.weight_decay": {"type": "uniform", "low": 0, "high": 0.1}},
+        },
+    ),
+    (
+        "two objectives",
+        {
+            "metric": "eval_loss",
+            "second_objective": {"metric": "eval_token_accuracy", "mode": "max"},
+            "parameters": {"training.learning_rate": LR},
+        },
+    ),
+    (
+        "a field that is null by default",
+        {"parameters": {"training.warmup_steps": {"type": "int", "low": 0, "high": 4}}},
+    ),
 ]
 
 
@@ -49,57 +89,154 @@ def test_good_sweeps_validate(sweep):
 
 def test_defaults():
     s = validate_job(sweep_job({"parameters": {"training.learning_rate": LR}})).spec.sweep
-    assert (s.algorithm, s.scheduler, s.num_trials, s.max_concurrent, s.metric, s.mode) == \
-        ("tpe", "fifo", 8, 2, "eval_loss", "min")
-    grid = validate_job(sweep_job({"algorithm": "grid", "parameters": {"peft.r": {"type": "grid", "values": [2]}}}))
+    assert (s.algorithm, s.scheduler, s.num_trials, s.max_concurrent, s.metric, s.mode) == (
+        "tpe",
+        "fifo",
+        8,
+        2,
+        "eval_loss",
+        "min",
+    )
+    grid = validate_job(
+        sweep_job({"algorithm": "grid", "parameters": {"peft.r": {"type": "grid", "values": [2]}}})
+    )
     assert grid.spec.sweep.num_trials == 1  # one pass over the grid
 
 
 BAD = [
     # (sweep, extra spec, expected problem path, a fragment of the message)
-    ({"parameters": {"training.learnin_rate": LR}}, {}, "spec.sweep.parameters.training.learnin_rate",
-     "did you mean 'training.learning_rate'"),
-    ({"parameters": {"training.nothing.here": LR}}, {}, "spec.sweep.parameters.training.nothing.here",
-     "is not a field of this spec"),
+    (
+        {"parameters": {"training.learnin_rate": LR}},
+        {},
+        "spec.sweep.parameters.training.learnin_rate",
+        "did you mean 'training.learning_rate'",
+    ),
+    (
+        {"parameters": {"training.nothing.here": LR}},
+        {},
+        "spec.sweep.parameters.training.nothing.here",
+        "is not a field of this spec",
+    ),
     ({"parameters": {"training": LR}}, {}, "spec.sweep.parameters.training", "is a section, not a field"),
-    ({"parameters": {"training.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 2.0}}}, {},
-     "spec.sweep.parameters.training.learning_rate", "less than or equal to 1"),
-    ({"parameters": {"peft.lora.r": {"type": "choice", "values": [8, 0]}}}, {}, "spec.sweep.parameters.peft.lora.r",
-     "greater than or equal to 1"),
-    ({"parameters": {"training.schedule": {"type": "choice", "values": ["cosine", "cosin"]}}}, {},
-     "spec.sweep.parameters.training.schedule", "'constant', 'linear' or 'cosine'"),
-    ({"parameters": {"peft.r": {"type": "choice", "values": [4]}}}, {"peft": {"type": "none"}},
-     "spec.sweep.parameters.peft.r", "is not a field of this spec"),
-    ({"parameters": {"training.early_stopping.patience": {"type": "int", "low": 1, "high": 3}}}, {},
-     "spec.sweep.parameters.training.early_stopping.patience", "is not a field of this spec"),
-    ({"parameters": {"resources.workers": {"type": "int", "low": 1, "high": 2}}}, {},
-     "spec.sweep.parameters.resources.workers", "'resources' cannot be swept"),
-    ({"parameters": {"training.learning_rate": {"type": "loguniform", "low": 0, "high": 0.1}}}, {},
-     "spec.sweep.parameters.training.learning_rate", "loguniform needs low > 0"),
-    ({"parameters": {"training.learning_rate": {"type": "uniform", "low": 0.1, "high": 0.01}}}, {},
-     "spec.sweep.parameters.training.learning_rate", "must be below high"),
-    ({"parameters": {"training.learning_rate": {"type": "normal", "low": 0.1, "high": 0.01}}}, {},
-     "spec.sweep.parameters.training.learning_rate", "'uniform', 'loguniform', 'int', 'choice', 'grid'"),
+    (
+        {"parameters": {"training.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 2.0}}},
+        {},
+        "spec.sweep.parameters.training.learning_rate",
+        "less than or equal to 1",
+    ),
+    (
+        {"parameters": {"peft.lora.r": {"type": "choice", "values": [8, 0]}}},
+        {},
+        "spec.sweep.parameters.peft.lora.r",
+        "greater than or equal to 1",
+    ),
+    (
+        {"parameters": {"training.schedule": {"type": "choice", "values": ["cosine", "cosin"]}}},
+        {},
+        "spec.sweep.parameters.training.schedule",
+        "'constant', 'linear' or 'cosine'",
+    ),
+    (
+        {"parameters": {"peft.r": {"type": "choice", "values": [4]}}},
+        {"peft": {"type": "none"}},
+        "spec.sweep.parameters.peft.r",
+        "is not a field of this spec",
+    ),
+    (
+        {"parameters": {"training.early_stopping.patience": {"type": "int", "low": 1, "high": 3}}},
+        {},
+        "spec.sweep.parameters.training.early_stopping.patience",
+        "is not a field of this spec",
+    ),
+    (
+        {"parameters": {"resources.workers": {"type": "int", "low": 1, "high": 2}}},
+        {},
+        "spec.sweep.parameters.resources.workers",
+        "'resources' cannot be swept",
+    ),
+    (
+        {"parameters": {"training.learning_rate": {"type": "loguniform", "low": 0, "high": 0.1}}},
+        {},
+        "spec.sweep.parameters.training.learning_rate",
+        "loguniform needs low > 0",
+    ),
+    (
+        {"parameters": {"training.learning_rate": {"type": "uniform", "low": 0.1, "high": 0.01}}},
+        {},
+        "spec.sweep.parameters.training.learning_rate",
+        "must be below high",
+    ),
+    (
+        {"parameters": {"training.learning_rate": {"type": "normal", "low": 0.1, "high": 0.01}}},
+        {},
+        "spec.sweep.parameters.training.learning_rate",
+        "'uniform', 'loguniform', 'int', 'choice', 'grid'",
+    ),
     ({"parameters": {}}, {}, "spec.sweep.parameters", "at least 1 item"),
-    ({"algorithm": "bohb", "parameters": {"training.learning_rate": LR}}, {}, "spec.sweep.algorithm",
-     "'random', 'grid', 'tpe' or 'hyperopt'"),
-    ({"scheduler": "pbt", "parameters": {"training.learning_rate": LR}}, {}, "spec.sweep.scheduler",
-     "'fifo', 'asha', 'hyperband' or 'median'"),
-    ({"algorithm": "grid", "parameters": {"training.learning_rate": LR}}, {}, "spec.sweep",
-     "every parameter to be type grid"),
-    ({"algorithm": "grid", "trials": 3, "parameters": {"peft.r": {"type": "grid", "values": [2, 4]}}}, {},
-     "spec.sweep", "leave trials unset"),
-    ({"parameters": {"peft.r": {"type": "grid", "values": [2, 4]}}}, {}, "spec.sweep",
-     "use type choice with tpe"),
-    ({"metric": "eval_exact_match", "parameters": {"training.learning_rate": LR}}, {}, "spec.sweep.metric",
-     "allowed: eval_loss, eval_perplexity, eval_token_accuracy"),
-    ({"metric": "eval_f1", "parameters": {"training.learning_rate": LR}}, {}, "spec.sweep.metric",
-     "not a metric every evaluation of causal_lm reports"),
-    ({"second_objective": {"metric": "eval_token_accuracy", "mode": "max"}, "scheduler": "asha",
-      "parameters": {"training.learning_rate": LR}}, {}, "spec.sweep", "algorithm tpe"),
-    ({"trials": 0, "parameters": {"training.learning_rate": LR}}, {}, "spec.sweep.trials", "greater than or equal"),
-    ({"parameters": {"training.learning_rate": LR}}, {"data": {"train": "t.jsonl", "validation_split": 0}},
-     "spec", "sweep needs validation data"),
+    (
+        {"algorithm": "bohb", "parameters": {"training.learning_rate": LR}},
+        {},
+        "spec.sweep.algorithm",
+        "'random', 'grid', 'tpe' or 'hyperopt'",
+    ),
+    (
+        {"scheduler": "pbt", "parameters": {"training.learning_rate": LR}},
+        {},
+        "spec.sweep.scheduler",
+        "'fifo', 'asha', 'hyperband' or 'median'",
+    ),
+    (
+        {"algorithm": "grid", "parameters": {"training.learning_rate": LR}},
+        {},
+        "spec.sweep",
+        "every parameter to be type grid",
+    ),
+    (
+        {"algorithm": "grid", "trials": 3, "parameters": {"peft.r": {"type": "grid", "values": [2, 4]}}},
+        {},
+        "spec.sweep",
+        "leave trials unset",
+    ),
+    (
+        {"parameters": {"peft.r": {"type": "grid", "values": [2, 4]}}},
+        {},
+        "spec.sweep",
+        "use type choice with tpe",
+    ),
+    (
+        {"metric": "eval_exact_match", "parameters": {"training.learning_rate": LR}},
+        {},
+        "spec.sweep.metric",
+        "allowed: eval_loss, eval_perplexity, eval_token_accuracy",
+    ),
+    (
+        {"metric": "eval_f1", "parameters": {"training.learning_rate": LR}},
+        {},
+        "spec.sweep.metric",
+        "not a metric every evaluation of causal_lm reports",
+    ),
+    (
+        {
+            "second_objective": {"metric": "eval_token_accuracy", "mode": "max"},
+            "scheduler": "asha",
+            "parameters": {"training.learning_rate": LR},
+        },
+        {},
+        "spec.sweep",
+        "algorithm tpe",
+    ),
+    (
+        {"trials": 0, "parameters": {"training.learning_rate": LR}},
+        {},
+        "spec.sweep.trials",
+        "greater than or equal",
+    ),
+    (
+        {"parameters": {"training.learning_rate": LR}},
+        {"data": {"train": "t.jsonl", "validation_split": 0}},
+        "spec",
+        "sweep needs validation data",
+    ),
 ]
 
 
@@ -112,9 +249,18 @@ def test_bad_sweeps_name_the_path(sweep, spec, path, fragment):
 
 
 def test_every_bad_parameter_is_reported_with_its_yaml_line():
-    text = yaml.safe_dump(sweep_job({"parameters": {
-        "training.learning_rate": LR, "training.lr": LR, "peft.r": {"type": "choice", "values": [-1]}}}),
-        sort_keys=False)
+    text = yaml.safe_dump(
+        sweep_job(
+            {
+                "parameters": {
+                    "training.learning_rate": LR,
+                    "training.lr": LR,
+                    "peft.r": {"type": "choice", "values": [-1]},
+                }
+            }
+        ),
+        sort_keys=False,
+    )
     with pytest.raises(SpecError) as info:
         load_job(text, "sweep.yaml")
     rendered = str(info.value).splitlines()

@@ -185,8 +185,12 @@ def _pod(job: TrainingJob, platform: PlatformConfig, container: str, head: bool)
         ]
     claim = _storage_claim(job, platform)
     if claim:  # checkpoint storage on a PersistentVolumeClaim: mounted on every Ray pod
-        main.setdefault("volumeMounts", []).append({"name": "kubetrain-storage", "mountPath": f"{PVC_ROOT}/{claim}"})
-        pod.setdefault("volumes", []).append({"name": "kubetrain-storage", "persistentVolumeClaim": {"claimName": claim}})
+        main.setdefault("volumeMounts", []).append(
+            {"name": "kubetrain-storage", "mountPath": f"{PVC_ROOT}/{claim}"}
+        )
+        pod.setdefault("volumes", []).append(
+            {"name": "kubetrain-storage", "persistentVolumeClaim": {"claimName": claim}}
+        )
         main["env"].append({"name": "KUBETRAIN_PVC_ROOT", "value": PVC_ROOT})
     account = res.service_account or platform.service_account
     if account:

@@ -17,9 +17,15 @@ from rich.progress import (
 from rich.table import Table
 
 LABELS = {
-    "eval_loss": "validation loss", "eval_perplexity": "perplexity", "eval_token_accuracy": "token accuracy",
-    "eval_exact_match": "exact-match accuracy", "eval_accuracy": "accuracy", "eval_precision": "precision",
-    "eval_recall": "recall", "eval_f1": "F1", "eval_auc": "ROC AUC",
+    "eval_loss": "validation loss",
+    "eval_perplexity": "perplexity",
+    "eval_token_accuracy": "token accuracy",
+    "eval_exact_match": "exact-match accuracy",
+    "eval_accuracy": "accuracy",
+    "eval_precision": "precision",
+    "eval_recall": "recall",
+    "eval_f1": "F1",
+    "eval_auc": "ROC AUC",
 }
 
 
@@ -49,13 +55,22 @@ class RunConsole:
             return
         if self.live and self.progress is None:
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-                TextColumn("{task.fields[sps]} samples/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), console=self.console, transient=False,
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("lr {task.fields[lr]}"),
+                TextColumn("{task.fields[sps]} samples/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
             )
             self.progress.start()
-            self.task = self.progress.add_task("train", total=total, completed=step, loss="-", lr="-", sps="-")
+            self.task = self.progress.add_task(
+                "train", total=total, completed=step, loss="-", lr="-", sps="-"
+            )
 
     def step(self, step: int, metrics: dict, eta_s: float | None) -> None:
         if not self.enabled:
@@ -83,7 +98,9 @@ class RunConsole:
         c.print()
         keys = [k for k in LABELS if k in result.before or k in result.after]
         if keys:
-            table = Table(title=f"{result.job_name}: held-out validation ({result.validation_examples} examples)")
+            table = Table(
+                title=f"{result.job_name}: held-out validation ({result.validation_examples} examples)"
+            )
             table.add_column("metric")
             table.add_column("before", justify="right")
             table.add_column("after", justify="right")
@@ -91,10 +108,15 @@ class RunConsole:
                 table.add_row(LABELS[k], _fmt(result.before.get(k), k), _fmt(result.after.get(k), k))
             c.print(table)
         for prompt, ref, got in result.samples_after[:3]:
-            c.print(f"  {prompt.strip().splitlines()[-1][:90]}\n    expected {ref!r}  generated {got!r}", markup=False)
+            c.print(
+                f"  {prompt.strip().splitlines()[-1][:90]}\n    expected {ref!r}  generated {got!r}",
+                markup=False,
+            )
         status = "[green]succeeded[/green]" if result.succeeded else f"[red]failed[/red]: {result.error}"
-        c.print(f"\nRun {status} after {result.steps} steps in {result.seconds:.0f} s"
-                + (" (stopped early)" if result.stopped_early else ""))
+        c.print(
+            f"\nRun {status} after {result.steps} steps in {result.seconds:.0f} s"
+            + (" (stopped early)" if result.stopped_early else "")
+        )
         if result.final_dir:
             c.print(f"Model/adapter: {result.final_dir}")
         c.print(f"Checkpoints:   {result.run_dir}")

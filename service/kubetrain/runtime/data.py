@@ -48,7 +48,9 @@ def _builder(source: str, file_type: str) -> tuple[str, dict]:
         suffix = pathlib.PurePosixPath(source).suffix
     kind = file_type if file_type != "auto" else _EXT.get(suffix)
     if kind is None:
-        raise DataError(f"spec.data.file_type: cannot infer the format of '{source}'; set json, csv or parquet")
+        raise DataError(
+            f"spec.data.file_type: cannot infer the format of '{source}'; set json, csv or parquet"
+        )
     return kind, {"data_files": path}
 
 
@@ -65,8 +67,9 @@ def load_source(source: str, file_type: str, cache_dir: str):
     try:
         if builder == "json":
             files = kwargs["data_files"]
-            return datasets.Dataset.from_list([r for f in ([files] if isinstance(files, str) else files)
-                                               for r in _read_json_records(f)])
+            return datasets.Dataset.from_list(
+                [r for f in ([files] if isinstance(files, str) else files) for r in _read_json_records(f)]
+            )
         return datasets.load_dataset(builder, split="train", cache_dir=cache_dir, **kwargs)
     except (FileNotFoundError, ConnectionError, OSError) as e:
         raise DataError(f"spec.data: cannot load '{source}': {e}") from None
@@ -147,8 +150,12 @@ def _check_columns(ds, spec: DataSpec) -> None:
 
 def _check_columns_of(columns: list[str], spec: DataSpec) -> None:
     f = spec.fields
-    need = {"text": [f.text], "instruction": [f.prompt, f.response], "chat": [f.messages],
-            "classification": [f.text, f.label]}[spec.format]
+    need = {
+        "text": [f.text],
+        "instruction": [f.prompt, f.response],
+        "chat": [f.messages],
+        "classification": [f.text, f.label],
+    }[spec.format]
     missing = [c for c in need if c not in columns]
     if missing:
         raise DataError(
@@ -180,8 +187,12 @@ class Formatter:
         self.spec, self.tok = spec, tokenizer
         self.templated = spec.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
         # what closes an answer: the chat turn terminator when the template has one, else EOS
-        im_end = "<|im_end|>" if self.templated and tokenizer.convert_tokens_to_ids("<|im_end|>") not in (
-            None, tokenizer.unk_token_id) else None
+        im_end = (
+            "<|im_end|>"
+            if self.templated
+            and tokenizer.convert_tokens_to_ids("<|im_end|>") not in (None, tokenizer.unk_token_id)
+            else None
+        )
         self.answer_end = f"{im_end}\n" if im_end else (tokenizer.eos_token or "")
 
     def _system(self) -> list[dict]:
@@ -238,7 +249,7 @@ class Formatter:
         for i, msg in enumerate(messages):
             text = tok.apply_chat_template(messages[: i + 1], tokenize=False)
             full = tok(text, add_special_tokens=False)["input_ids"]
-            new = full[len(ids):]
+            new = full[len(ids) :]
             learn = msg["role"] == "assistant" or not spec.mask_prompt
             ids += new
             labels += new if learn else [IGNORE] * len(new)
@@ -275,7 +286,11 @@ def tokenize(ds, spec: DataSpec, tokenizer, label_names: list[str] | None = None
         ids = [i for t in batch[f.text] for i in tokenizer(t + eos, add_special_tokens=False)["input_ids"]]
         n = spec.max_length
         blocks = [ids[i : i + n] for i in range(0, len(ids) - n + 1, n)]
-        return {"input_ids": blocks, "attention_mask": [[1] * n for _ in blocks], "labels": [list(b) for b in blocks]}
+        return {
+            "input_ids": blocks,
+            "attention_mask": [[1] * n for _ in blocks],
+            "labels": [list(b) for b in blocks],
+        }
 
     return ds.map(encode_text, batched=True, remove_columns=cols, keep_in_memory=True)
 
@@ -290,7 +305,11 @@ def collate(tokenizer, classification: bool):
         n = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(rows), n), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), n), dtype=torch.long)
-        labels = torch.tensor([r["labels"] for r in rows]) if classification else torch.full((len(rows), n), IGNORE)
+        labels = (
+            torch.tensor([r["labels"] for r in rows])
+            if classification
+            else torch.full((len(rows), n), IGNORE)
+        )
         for i, r in enumerate(rows):
             k = len(r["input_ids"])
             ids[i, :k] = torch.tensor(r["input_ids"])

@@ -57,8 +57,11 @@ def evaluate(model, loader, task: str, device, autocast, max_batches: int | None
     loss_sum, count, correct = _sum_all([loss_sum, count, correct])
     loss = loss_sum / max(count, 1)
     if task != "sequence_classification":
-        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
-                "eval_token_accuracy": correct / max(count, 1)}
+        return {
+            "eval_loss": loss,
+            "eval_perplexity": math.exp(min(loss, 50.0)),
+            "eval_token_accuracy": correct / max(count, 1),
+        }
     labels = [y for part in _gather(labels_all) for y in part]
     probs = [p for part in _gather(probs_all) for p in part]
     return {"eval_loss": loss, **classification_metrics(labels, probs)}
@@ -73,9 +76,15 @@ def classification_metrics(labels: list[int], probs: list[list[float]]) -> dict[
     preds = [max(range(len(p)), key=p.__getitem__) for p in probs]
     n_classes = len(probs[0])
     average = "binary" if n_classes == 2 else "macro"
-    precision, recall, f1, _ = precision_recall_fscore_support(labels, preds, average=average, zero_division=0)
-    out = {"eval_accuracy": accuracy_score(labels, preds), "eval_precision": float(precision),
-           "eval_recall": float(recall), "eval_f1": float(f1)}
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, preds, average=average, zero_division=0
+    )
+    out = {
+        "eval_accuracy": accuracy_score(labels, preds),
+        "eval_precision": float(precision),
+        "eval_recall": float(recall),
+        "eval_f1": float(f1),
+    }
     if len(set(labels)) > 1:
         if n_classes == 2:
             out["eval_auc"] = roc_auc_score(labels, [p[1] for p in probs])
@@ -85,8 +94,17 @@ def classification_metrics(labels: list[int], probs: list[list[float]]) -> dict[
 
 
 @torch.no_grad()
-def exact_match(model, tokenizer, formatter, records: list[dict], rank: int, world: int, device,
-                max_new_tokens: int, batch_size: int) -> tuple[float, list[tuple[str, str, str]]]:
+def exact_match(
+    model,
+    tokenizer,
+    formatter,
+    records: list[dict],
+    rank: int,
+    world: int,
+    device,
+    max_new_tokens: int,
+    batch_size: int,
+) -> tuple[float, list[tuple[str, str, str]]]:
     """Share of greedy generations equal (stripped) to the reference; each rank generates its slice.
 
     Returns the accuracy over all ranks and a few (prompt, reference, generated) samples from rank 0.
@@ -101,10 +119,11 @@ def exact_match(model, tokenizer, formatter, records: list[dict], rank: int, wor
             chunk = mine[i : i + batch_size]
             prompts = [formatter.prompt(r) for r in chunk]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
             for r, seq in zip(chunk, out):
-                text = tokenizer.decode(seq[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+                text = tokenizer.decode(seq[enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
                 ref = formatter.reference(r).strip()
                 hits += text == ref
                 if len(samples) < 3:

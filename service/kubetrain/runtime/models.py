@@ -144,7 +144,9 @@ def _download_s3(uri: str, out: pathlib.Path) -> None:
 
     try:
         filesystem, path = fs.FileSystem.from_uri(uri)
-        fs.copy_files(path, str(out), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem())
+        fs.copy_files(
+            path, str(out), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem()
+        )
     except Exception as e:
         raise ModelUnavailable(f"spec.model.name_or_path: cannot read '{uri}': {e}") from None
 
@@ -163,11 +165,17 @@ def build_tokenizer(spec: ModelSpec, model_dir: str | None, train_texts: Iterato
         bpe = Tokenizer(models.BPE())
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         bpe.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=tok_spec.vocab_size, min_frequency=1, special_tokens=specials,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=tok_spec.vocab_size,
+            min_frequency=1,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
         bpe.train_from_iterator(train_texts, trainer)
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=specials[0], eos_token=specials[1],
-                                            bos_token=specials[2])
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=bpe, pad_token=specials[0], eos_token=specials[1], bos_token=specials[2]
+        )
     else:
         source = tok_spec.name_or_path if tok_spec.type == "path" else model_dir
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -199,14 +207,32 @@ def _fresh_config(spec: ModelSpec, tokenizer, **extra):
     from transformers import GPT2Config, LlamaConfig
 
     fc = spec.from_config
-    common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, **extra)
+    common = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        **extra,
+    )
     if fc.architecture == "gpt2":
-        return GPT2Config(n_embd=fc.hidden_size, n_layer=fc.num_layers, n_head=fc.num_heads,
-                          n_inner=fc.intermediate_size, n_positions=fc.max_position_embeddings, **common)
-    return LlamaConfig(hidden_size=fc.hidden_size, num_hidden_layers=fc.num_layers, num_attention_heads=fc.num_heads,
-                       num_key_value_heads=fc.num_heads, intermediate_size=fc.intermediate_size or fc.hidden_size * 8 // 3,
-                       max_position_embeddings=fc.max_position_embeddings, tie_word_embeddings=True, **common)
+        return GPT2Config(
+            n_embd=fc.hidden_size,
+            n_layer=fc.num_layers,
+            n_head=fc.num_heads,
+            n_inner=fc.intermediate_size,
+            n_positions=fc.max_position_embeddings,
+            **common,
+        )
+    return LlamaConfig(
+        hidden_size=fc.hidden_size,
+        num_hidden_layers=fc.num_layers,
+        num_attention_heads=fc.num_heads,
+        num_key_value_heads=fc.num_heads,
+        intermediate_size=fc.intermediate_size or fc.hidden_size * 8 // 3,
+        max_position_embeddings=fc.max_position_embeddings,
+        tie_word_embeddings=True,
+        **common,
+    )
 
 
 def apply_peft(model, peft_spec, task: str):

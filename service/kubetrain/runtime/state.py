@@ -46,8 +46,10 @@ def save(directory: str, rank: int, model, optimizer, scheduler, state: TrainSta
     if rank != 0:
         return
     torch.save(trainable_state(model), os.path.join(directory, WEIGHTS))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-               os.path.join(directory, OPTIM))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        os.path.join(directory, OPTIM),
+    )
     with open(os.path.join(directory, STATE), "w") as f:
         json.dump(asdict(state), f)
 

@@ -42,11 +42,18 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
 def git_commit(cwd: str = ".") -> tuple[str | None, bool]:
     """(HEAD commit, dirty?) when cwd is inside a git work tree."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
         if head.returncode:
             return None, False
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return head.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return None, False
@@ -67,8 +74,15 @@ def versions() -> dict[str, str]:
 class Tracker:
     """One MLflow run. Every call is guarded: tracking trouble is reported once and never fails training."""
 
-    def __init__(self, job: TrainingJob, run_dir: str, local_root: str, *, parent_run_id: str | None = None,
-                 extra_tags: dict[str, str] | None = None):
+    def __init__(
+        self,
+        job: TrainingJob,
+        run_dir: str,
+        local_root: str,
+        *,
+        parent_run_id: str | None = None,
+        extra_tags: dict[str, str] | None = None,
+    ):
         self.job = job
         self.run_dir = run_dir
         self.local_root = local_root
@@ -117,12 +131,16 @@ class Tracker:
         from mlflow.entities import Param
 
         t = self.job.spec.tracking
-        all_tags = {"kubetrain.version": __version__, "kubetrain.job": self.job.name, **tags, **self.extra_tags,
-                    **t.tags}
+        all_tags = {
+            "kubetrain.version": __version__,
+            "kubetrain.job": self.job.name,
+            **tags,
+            **self.extra_tags,
+            **t.tags,
+        }
         if self.parent_run_id:
             all_tags["mlflow.parentRunId"] = self.parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=t.run_name or self.job.name,
-                                     tags=all_tags)
+        run = self.client.create_run(self.experiment_id, run_name=t.run_name or self.job.name, tags=all_tags)
         self.run_id = run.info.run_id
         params = flatten(self.job.model_dump(mode="json", include={"spec"}, exclude_none=True))
         items = [Param(k[:250], v) for k, v in sorted(params.items())]
@@ -132,8 +150,9 @@ class Tracker:
         import yaml
 
         with open(spec_path, "w") as f:
-            yaml.safe_dump(self.job.model_dump(mode="json", exclude_none=True, exclude={"status"}), f,
-                           sort_keys=False)
+            yaml.safe_dump(
+                self.job.model_dump(mode="json", exclude_none=True, exclude={"status"}), f, sort_keys=False
+            )
         self.client.log_artifact(self.run_id, spec_path)
 
     # -- during the run --------------------------------------------------------------------------
@@ -187,7 +206,9 @@ class Tracker:
         path = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
         if self.uri.startswith("http"):
             return f"{self.uri.rstrip('/')}/{path}"
-        return f"mlflow ui --backend-store-uri {self.uri} --port 5000   then open http://127.0.0.1:5000/{path}"
+        return (
+            f"mlflow ui --backend-store-uri {self.uri} --port 5000   then open http://127.0.0.1:5000/{path}"
+        )
 
     def _guard(self, fn, *args, **kwargs) -> Any:
         try:
@@ -195,8 +216,12 @@ class Tracker:
         except Exception as e:
             if not self._warned:
                 self._warned = True
-                log.warning("MLflow call failed (%s: %s); metrics are still kept in %s", type(e).__name__,
-                            str(e).splitlines()[0][:200] if str(e) else "", self.metrics_file)
+                log.warning(
+                    "MLflow call failed (%s: %s); metrics are still kept in %s",
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else "",
+                    self.metrics_file,
+                )
             return None
 
 

@@ -12,11 +12,14 @@ from .base import Spec
 class DataFields(Spec):
     """Column names to read from each record, per data format."""
 
-    text: str = Field("text", description="Plain text (format text) or the input text (format classification).")
+    text: str = Field(
+        "text", description="Plain text (format text) or the input text (format classification)."
+    )
     prompt: str = Field("prompt", description="Instruction / prompt column (format instruction).")
     response: str = Field("response", description="Target answer column (format instruction).")
     messages: str = Field(
-        "messages", description="List of {role, content} messages (format chat); assistant turns are trained on."
+        "messages",
+        description="List of {role, content} messages (format chat); assistant turns are trained on.",
     )
     label: str = Field("label", description="Class label column (format classification): int or string.")
 
@@ -31,10 +34,14 @@ class DataSpec(Spec):
         "or hf://datasets/org/name. Relative paths are relative to the working directory.",
     )
     validation: str | None = Field(
-        None, description="Validation data in the same forms; when absent, validation_split of train is held out."
+        None,
+        description="Validation data in the same forms; when absent, validation_split of train is held out.",
     )
     validation_split: float = Field(
-        0.1, ge=0.0, lt=1.0, description="Fraction of train held out for validation when no validation source is set."
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of train held out for validation when no validation source is set.",
     )
     format: Literal["text", "instruction", "chat", "classification"] = Field(
         "instruction",
@@ -54,10 +61,16 @@ class DataSpec(Spec):
     mask_prompt: bool = Field(
         True, description="Train only on response / assistant tokens (prompt tokens get no loss)."
     )
-    max_length: int = Field(512, ge=8, le=1_048_576, description="Sequences are truncated to this many tokens.")
-    packing: bool = Field(False, description="Concatenate text examples into full max_length blocks (format text only).")
+    max_length: int = Field(
+        512, ge=8, le=1_048_576, description="Sequences are truncated to this many tokens."
+    )
+    packing: bool = Field(
+        False, description="Concatenate text examples into full max_length blocks (format text only)."
+    )
     max_train_samples: int | None = Field(None, ge=1, description="Use at most this many training records.")
-    max_validation_samples: int | None = Field(None, ge=1, description="Use at most this many validation records.")
+    max_validation_samples: int | None = Field(
+        None, ge=1, description="Use at most this many validation records."
+    )
 
     @model_validator(mode="after")
     def _packing_only_text(self) -> DataSpec:

@@ -46,7 +46,9 @@ class EvaluationSpec(Spec):
 class ObjectMeta(Spec):
     """Kubernetes object metadata. Server-set fields are accepted (so `kubectl get -o yaml` output runs)."""
 
-    name: Rfc1123Label = Field(..., description="Job name: an RFC 1123 label; also the run's storage directory.")
+    name: Rfc1123Label = Field(
+        ..., description="Job name: an RFC 1123 label; also the run's storage directory."
+    )
     namespace: str | None = Field(None, description="Kubernetes namespace (cluster only).")
     labels: dict[str, str] = Field(default_factory=dict, description="Labels, copied onto the RayJob.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
@@ -72,18 +74,28 @@ class TrainingJobSpec(Spec):
         "sequence_classification: a classification head on the model.",
     )
     data: DataSpec = Field(..., description="Training and validation data.")
-    peft: Peft = Field(default_factory=LoraSpec, description="LoRA adapters, or type none for a full fine-tune.")
+    peft: Peft = Field(
+        default_factory=LoraSpec, description="LoRA adapters, or type none for a full fine-tune."
+    )
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Task metrics.")
     strategy: Strategy = Field(default_factory=DDPStrategy, description="Distribution strategy (by type).")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Workers and their resources.")
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Workers and their resources."
+    )
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints and resume.")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking.")
-    lifecycle: LifecycleSpec = Field(default_factory=LifecycleSpec, description="Retries, deadlines, clean-up.")
-    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables for the runtime.")
+    lifecycle: LifecycleSpec = Field(
+        default_factory=LifecycleSpec, description="Retries, deadlines, clean-up."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, description="Extra environment variables for the runtime."
+    )
     sweep: SweepSpec | None = Field(
-        None, description="Make this job a hyperparameter sweep (Ray Tune): each trial is a run of this spec "
-        "with the parameters replaced.")
+        None,
+        description="Make this job a hyperparameter sweep (Ray Tune): each trial is a run of this spec "
+        "with the parameters replaced.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingJobSpec:
@@ -116,14 +128,24 @@ class TrainingJobSpec(Spec):
         sweep = self.sweep
         if not self.data.validation and not self.data.validation_split:
             raise ValueError("sweep needs validation data: set data.validation or data.validation_split > 0")
-        allowed = tuple("eval_" + m for m in ("loss",) + (CLASSIFICATION_METRICS if classification
-                                                           else PERIODIC_LM_METRICS))
-        errors = [InitErrorDetails(type=PydanticCustomError("sweep", "{why}", {"why": why}), loc=loc, input=given)
-                  for loc, why, given in
-                  [(("sweep", "metric" if i == 0 else "second_objective"), f"'{o.metric}' is not a metric every "
-                    f"evaluation of {self.task} reports; allowed: {', '.join(allowed)}", o.metric)
-                   for i, o in enumerate(sweep.objectives()) if o.metric not in allowed]
-                  + sweep_problems(self, TrainingJobSpec)]
+        allowed = tuple(
+            "eval_" + m
+            for m in ("loss",) + (CLASSIFICATION_METRICS if classification else PERIODIC_LM_METRICS)
+        )
+        errors = [
+            InitErrorDetails(type=PydanticCustomError("sweep", "{why}", {"why": why}), loc=loc, input=given)
+            for loc, why, given in [
+                (
+                    ("sweep", "metric" if i == 0 else "second_objective"),
+                    f"'{o.metric}' is not a metric every "
+                    f"evaluation of {self.task} reports; allowed: {', '.join(allowed)}",
+                    o.metric,
+                )
+                for i, o in enumerate(sweep.objectives())
+                if o.metric not in allowed
+            ]
+            + sweep_problems(self, TrainingJobSpec)
+        ]
         if errors:
             raise ValidationError.from_exception_data("TrainingJobSpec", errors)
 

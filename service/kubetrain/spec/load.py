@@ -16,7 +16,9 @@ from pydantic import BaseModel, ValidationError
 
 from .job import TrainingJob
 
-_TYPE_LOC = re.compile(r"^(function-\w+|literal\[|list\[|dict\[|tuple\[|json-or-python|str$|int$|float$|bool$|none$)")
+_TYPE_LOC = re.compile(
+    r"^(function-\w+|literal\[|list\[|dict\[|tuple\[|json-or-python|str$|int$|float$|bool$|none$)"
+)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,9 @@ def set_path(data: dict, path: str, value: Any) -> None:
                 nxt = cur[key] = {}
             cur = nxt
         else:
-            raise SpecError([Problem(".".join(map(str, keys[: i + 1])), "cannot set a field below this value")])
+            raise SpecError(
+                [Problem(".".join(map(str, keys[: i + 1])), "cannot set a field below this value")]
+            )
     last = keys[-1]
     if isinstance(cur, list) and isinstance(last, int) and last < len(cur):
         cur[last] = value
@@ -131,7 +135,11 @@ def validate_job(
         raise SpecError([Problem("", "the document is empty: expected a TrainingJob mapping")], source)
     if not isinstance(data, dict):
         raise SpecError(
-            [Problem("", f"expected a mapping with apiVersion, kind, metadata and spec, got a {_kind(data)}", 1)],
+            [
+                Problem(
+                    "", f"expected a mapping with apiVersion, kind, metadata and spec, got a {_kind(data)}", 1
+                )
+            ],
             source,
         )
     data = apply_overrides(data, overrides) if overrides else data
@@ -141,7 +149,9 @@ def validate_job(
         raise SpecError(problems_from(e, data, lines), source) from None
 
 
-def problems_from(error: ValidationError, data: Any, lines: Mapping[tuple, int] | None = None) -> list[Problem]:
+def problems_from(
+    error: ValidationError, data: Any, lines: Mapping[tuple, int] | None = None
+) -> list[Problem]:
     """Translate pydantic errors into Problems with clean dotted paths (union tags dropped)."""
     problems = []
     for err in error.errors(include_url=False):
@@ -238,4 +248,6 @@ def _show(value: Any) -> str:
 
 
 def _kind(value: Any) -> str:
-    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "value")
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), "value"
+    )

@@ -26,9 +26,7 @@ class FromConfig(Spec):
     @model_validator(mode="after")
     def _heads_divide_width(self) -> FromConfig:
         if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})"
-            )
+            raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})")
         return self
 
 
@@ -41,7 +39,9 @@ class TokenizerSpec(Spec):
         "bpe: train a byte-level BPE on the training data (for from_config models).",
     )
     name_or_path: str | None = Field(None, description="Tokenizer hub id or directory (type: path).")
-    vocab_size: int = Field(1024, ge=64, le=1_000_000, description="Vocabulary size of a trained BPE (type: bpe).")
+    vocab_size: int = Field(
+        1024, ge=64, le=1_000_000, description="Vocabulary size of a trained BPE (type: bpe)."
+    )
 
     @model_validator(mode="after")
     def _path_needs_name(self) -> TokenizerSpec:
@@ -66,7 +66,9 @@ class ModelSpec(Spec):
         "float32", description="Data type the weights are loaded in (master weights for training)."
     )
     from_config: FromConfig | None = Field(None, description="Build a fresh, randomly initialised model.")
-    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="Where the tokenizer comes from.")
+    tokenizer: TokenizerSpec = Field(
+        default_factory=TokenizerSpec, description="Where the tokenizer comes from."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -75,5 +77,7 @@ class ModelSpec(Spec):
         if self.gguf_file and not self.name_or_path:
             raise ValueError("gguf_file needs name_or_path (the directory or repo holding it)")
         if self.from_config is not None and self.tokenizer.type == "model":
-            raise ValueError("a from_config model has no tokenizer of its own: set tokenizer.type to bpe or path")
+            raise ValueError(
+                "a from_config model has no tokenizer of its own: set tokenizer.type to bpe or path"
+            )
         return self

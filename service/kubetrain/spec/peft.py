@@ -30,4 +30,6 @@ class NoPeft(Spec):
     type: Literal["none"] = Field("none", description="No adapters: full fine-tuning.")
 
 
-Peft = Annotated[Union[Annotated[LoraSpec, Tag("lora")], Annotated[NoPeft, Tag("none")]], type_discriminator("lora")]
+Peft = Annotated[
+    Union[Annotated[LoraSpec, Tag("lora")], Annotated[NoPeft, Tag("none")]], type_discriminator("lora")
+]

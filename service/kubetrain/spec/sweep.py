@@ -58,8 +58,13 @@ class Grid(Spec):
 
 
 Distribution = Annotated[
-    Union[Annotated[Uniform, Tag("uniform")], Annotated[LogUniform, Tag("loguniform")],
-          Annotated[IntRange, Tag("int")], Annotated[Choice, Tag("choice")], Annotated[Grid, Tag("grid")]],
+    Union[
+        Annotated[Uniform, Tag("uniform")],
+        Annotated[LogUniform, Tag("loguniform")],
+        Annotated[IntRange, Tag("int")],
+        Annotated[Choice, Tag("choice")],
+        Annotated[Grid, Tag("grid")],
+    ],
     type_discriminator("uniform"),
 ]
 
@@ -75,55 +80,90 @@ class SweepSpec(Spec):
     """Run many trials of this job, each a full Ray Train run with some fields replaced, and pick the best."""
 
     parameters: dict[str, Distribution] = Field(
-        ..., min_length=1,
+        ...,
+        min_length=1,
         description="Search space keyed by dotted paths relative to spec (training.learning_rate, peft.r, "
-        "training.warmup_ratio); each a distribution: uniform, loguniform, int, choice or grid.")
+        "training.warmup_ratio); each a distribution: uniform, loguniform, int, choice or grid.",
+    )
     algorithm: Literal["random", "grid", "tpe", "hyperopt"] = Field(
-        "tpe", description="random: independent samples; grid: every combination of grid values; "
-        "tpe: Optuna's Bayesian TPE (default); hyperopt: HyperOpt's TPE.")
+        "tpe",
+        description="random: independent samples; grid: every combination of grid values; "
+        "tpe: Optuna's Bayesian TPE (default); hyperopt: HyperOpt's TPE.",
+    )
     scheduler: Literal["fifo", "asha", "hyperband", "median"] = Field(
-        "fifo", description="fifo: every trial runs to the end; asha: asynchronous successive halving; "
-        "hyperband: asynchronous HyperBand (ASHA over 3 brackets); median: stop trials below the running median.")
+        "fifo",
+        description="fifo: every trial runs to the end; asha: asynchronous successive halving; "
+        "hyperband: asynchronous HyperBand (ASHA over 3 brackets); median: stop trials below the running median.",
+    )
     trials: int | None = Field(
-        None, ge=1, le=10_000,
-        description="Trials to run (default 8); leave unset with algorithm grid, where the grid decides.")
+        None,
+        ge=1,
+        le=10_000,
+        description="Trials to run (default 8); leave unset with algorithm grid, where the grid decides.",
+    )
     max_concurrent: int = Field(
-        2, ge=1, le=1024, description="Trials running at once (lowered to what the Ray cluster's CPUs fit).")
-    metric: str = Field("eval_loss", description="Validation metric the search optimises (reported per evaluation).")
+        2, ge=1, le=1024, description="Trials running at once (lowered to what the Ray cluster's CPUs fit)."
+    )
+    metric: str = Field(
+        "eval_loss", description="Validation metric the search optimises (reported per evaluation)."
+    )
     mode: Literal["min", "max"] = Field("min", description="min: lower is better; max: higher is better.")
     second_objective: Objective | None = Field(
-        None, description="A second metric for multi-objective search (algorithm tpe, scheduler fifo); "
-        "the sweep reports the Pareto front.")
+        None,
+        description="A second metric for multi-objective search (algorithm tpe, scheduler fifo); "
+        "the sweep reports the Pareto front.",
+    )
     grace_period: int = Field(
-        1, ge=1, description="Evaluations every trial gets before asha / hyperband / median may stop it.")
+        1, ge=1, description="Evaluations every trial gets before asha / hyperband / median may stop it."
+    )
     reduction_factor: float = Field(
-        3.0, gt=1.0, le=16.0, description="asha / hyperband: keep 1/reduction_factor of the trials at each rung.")
+        3.0,
+        gt=1.0,
+        le=16.0,
+        description="asha / hyperband: keep 1/reduction_factor of the trials at each rung.",
+    )
     max_failed_trials: int = Field(
-        0, ge=0, description="Failed trials tolerated; one more ends the sweep (each failure is recorded).")
+        0, ge=0, description="Failed trials tolerated; one more ends the sweep (each failure is recorded)."
+    )
     time_budget_s: float | None = Field(
-        None, gt=0.0, description="Stop starting and running trials after this many seconds.")
-    seed: int | None = Field(None, ge=0, description="Seed of the search algorithm (reproducible suggestions).")
+        None, gt=0.0, description="Stop starting and running trials after this many seconds."
+    )
+    seed: int | None = Field(
+        None, ge=0, description="Seed of the search algorithm (reproducible suggestions)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
-        bounds = [InitErrorDetails(type=PydanticCustomError("sweep", "{why}", {"why": why}),
-                                   loc=("parameters", path), input=d.model_dump())
-                  for path, d in self.parameters.items() if (why := bounds_problem(d))]
+        bounds = [
+            InitErrorDetails(
+                type=PydanticCustomError("sweep", "{why}", {"why": why}),
+                loc=("parameters", path),
+                input=d.model_dump(),
+            )
+            for path, d in self.parameters.items()
+            if (why := bounds_problem(d))
+        ]
         if bounds:
             raise ValidationError.from_exception_data("SweepSpec", bounds)
         grids = [p for p, d in self.parameters.items() if d.type == "grid"]
         if self.algorithm == "grid":
             others = [p for p in self.parameters if p not in grids]
             if others:
-                raise ValueError(f"algorithm grid needs every parameter to be type grid; not: {', '.join(others)}")
+                raise ValueError(
+                    f"algorithm grid needs every parameter to be type grid; not: {', '.join(others)}"
+                )
             if self.trials is not None:
                 raise ValueError("algorithm grid runs every combination once: leave trials unset")
         elif grids and self.algorithm not in ("random",):
-            raise ValueError(f"type grid ({', '.join(grids)}) works with algorithm grid or random; "
-                             f"use type choice with {self.algorithm}")
+            raise ValueError(
+                f"type grid ({', '.join(grids)}) works with algorithm grid or random; "
+                f"use type choice with {self.algorithm}"
+            )
         if self.second_objective is not None:
             if self.algorithm != "tpe" or self.scheduler != "fifo":
-                raise ValueError("second_objective needs algorithm tpe (Optuna multi-objective) and scheduler fifo")
+                raise ValueError(
+                    "second_objective needs algorithm tpe (Optuna multi-objective) and scheduler fifo"
+                )
             if self.second_objective.metric == self.metric:
                 raise ValueError("second_objective.metric must differ from metric")
         return self
@@ -190,8 +230,14 @@ def sweep_problems(spec_model: Any, spec_cls: type) -> list[tuple[tuple, str, An
         path = canonical_path(raw_path, data)
         keys = path.split(".")
         if keys[0] in FIXED_SECTIONS:
-            out.append((loc, f"'{keys[0]}' cannot be swept; sweep parameters are fields outside "
-                             f"{', '.join(FIXED_SECTIONS)}", dist.model_dump()))
+            out.append(
+                (
+                    loc,
+                    f"'{keys[0]}' cannot be swept; sweep parameters are fields outside "
+                    f"{', '.join(FIXED_SECTIONS)}",
+                    dist.model_dump(),
+                )
+            )
             continue
         found, current = _lookup(data, keys)
         if not found or isinstance(current, dict):
@@ -200,10 +246,17 @@ def sweep_problems(spec_model: Any, spec_cls: type) -> list[tuple[tuple, str, An
             hint = ""
             if parent_ok and isinstance(parent, dict):
                 close = difflib.get_close_matches(keys[-1], list(parent), n=1)
-                hint = (f"; did you mean '{'.'.join(keys[:-1] + close)}'?" if close else "") + \
-                    f"; fields here: {', '.join(sorted(parent))}"
-            out.append((loc, f"spec.{path} {what} (paths are relative to spec, e.g. training.learning_rate, "
-                             f"peft.r){hint}", dist.model_dump()))
+                hint = (
+                    f"; did you mean '{'.'.join(keys[:-1] + close)}'?" if close else ""
+                ) + f"; fields here: {', '.join(sorted(parent))}"
+            out.append(
+                (
+                    loc,
+                    f"spec.{path} {what} (paths are relative to spec, e.g. training.learning_rate, "
+                    f"peft.r){hint}",
+                    dist.model_dump(),
+                )
+            )
             continue
         for value in values_to_check(dist):
             trial = copy.deepcopy(data)

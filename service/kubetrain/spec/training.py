@@ -12,7 +12,9 @@ from .base import Spec
 class EarlyStopping(Spec):
     """Stop when a validation metric has not improved for `patience` evaluations."""
 
-    metric: str = Field("eval_loss", description="Validation metric to watch, e.g. eval_loss, eval_accuracy, eval_f1.")
+    metric: str = Field(
+        "eval_loss", description="Validation metric to watch, e.g. eval_loss, eval_accuracy, eval_f1."
+    )
     mode: Literal["min", "max"] = Field("min", description="Whether lower (min) or higher (max) is better.")
     patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0.0, description="Smallest change that counts as an improvement.")
@@ -23,31 +25,50 @@ class TrainingSpec(Spec):
 
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="torch optimizer.")
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate.")
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="Decoupled weight decay (AdamW) or L2 (SGD).")
+    weight_decay: float = Field(
+        0.0, ge=0.0, le=1.0, description="Decoupled weight decay (AdamW) or L2 (SGD)."
+    )
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW beta1 and beta2.")
     schedule: Literal["constant", "linear", "cosine"] = Field(
         "cosine", description="Learning-rate decay after warmup."
     )
     warmup_steps: int | None = Field(None, ge=0, description="Linear warmup length in optimizer steps.")
     warmup_ratio: float = Field(
-        0.0, ge=0.0, le=1.0, description="Warmup as a fraction of total steps (used when warmup_steps is unset)."
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Warmup as a fraction of total steps (used when warmup_steps is unset).",
     )
-    epochs: float | None = Field(None, gt=0.0, description="Passes over the training data (set this or max_steps).")
+    epochs: float | None = Field(
+        None, gt=0.0, description="Passes over the training data (set this or max_steps)."
+    )
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run (set this or epochs).")
     batch_size: int = Field(8, ge=1, le=65536, description="Examples per worker per micro-step.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-steps per optimizer step.")
-    max_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip the global gradient norm; null disables.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0.0, description="Clip the global gradient norm; null disables."
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="fp32, or mixed precision with bf16 (CPU or Ampere+ GPU) or fp16 (GPU only)."
     )
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    seed: int = Field(42, ge=0, description="Seeds Python, NumPy and torch on every worker and the data order.")
-    eval_every: int | None = Field(
-        None, ge=1, description="Evaluate every N optimizer steps; null evaluates once per epoch and at the end."
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward to save memory."
     )
-    eval_batches: int | None = Field(None, ge=1, description="Evaluate on at most this many validation batches.")
+    seed: int = Field(
+        42, ge=0, description="Seeds Python, NumPy and torch on every worker and the data order."
+    )
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate every N optimizer steps; null evaluates once per epoch and at the end.",
+    )
+    eval_batches: int | None = Field(
+        None, ge=1, description="Evaluate on at most this many validation batches."
+    )
     log_every: int = Field(1, ge=1, description="Log training metrics every N optimizer steps.")
-    early_stopping: EarlyStopping | None = Field(None, description="Stop early on a stalled validation metric.")
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop early on a stalled validation metric."
+    )
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:
@@ -55,6 +76,10 @@ class TrainingSpec(Spec):
             raise ValueError("set either epochs or max_steps, not both")
         if self.epochs is None and self.max_steps is None:
             self.epochs = 1.0
-        if self.warmup_steps is not None and self.max_steps is not None and self.warmup_steps > self.max_steps:
+        if (
+            self.warmup_steps is not None
+            and self.max_steps is not None
+            and self.warmup_steps > self.max_steps
+        ):
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         return self
