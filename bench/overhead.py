@@ -29,10 +29,18 @@ sys.path.insert(0, str(ROOT / "service"))
 def bench_job(path: str, steps: int, storage: str):
     from kubetrain.spec import load_job
 
-    overrides = [f"spec.training.max_steps={steps}", "spec.training.eval_every=100000",
-                 "spec.checkpoint.every=100000", "spec.training.log_every=1", "spec.evaluation.generation=null",
-                 "spec.data.validation=null", "spec.data.validation_split=0", f"spec.checkpoint.storage={storage}",
-                 f"metadata.name=overhead-{int(time.time())}", "spec.tracking.system_metrics=false"]
+    overrides = [
+        f"spec.training.max_steps={steps}",
+        "spec.training.eval_every=100000",
+        "spec.checkpoint.every=100000",
+        "spec.training.log_every=1",
+        "spec.evaluation.generation=null",
+        "spec.data.validation=null",
+        "spec.data.validation_split=0",
+        f"spec.checkpoint.storage={storage}",
+        f"metadata.name=overhead-{int(time.time())}",
+        "spec.tracking.system_metrics=false",
+    ]
     return load_job(pathlib.Path(path).read_text(), path, overrides)
 
 
@@ -67,10 +75,12 @@ def _plain_worker(rank: int, world: int, job_json: str, model_dir: str, steps: i
     tok = build_tokenizer(spec.model, model_dir)
     model = apply_peft(build_model(spec.model, model_dir, tok, spec.task), spec.peft, spec.task)
     ds = data_mod.tokenize(splits.train, spec.data, tok)
-    sampler = torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=rank, seed=spec.training.seed,
-                                                  drop_last=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=spec.training.batch_size, sampler=sampler,
-                                         collate_fn=data_mod.collate(tok, False))
+    sampler = torch.utils.data.DistributedSampler(
+        ds, num_replicas=world, rank=rank, seed=spec.training.seed, drop_last=True
+    )
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=spec.training.batch_size, sampler=sampler, collate_fn=data_mod.collate(tok, False)
+    )
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW([p for p in ddp.parameters() if p.requires_grad], lr=spec.training.learning_rate)
     times = []
@@ -107,8 +117,10 @@ def run_plain(job, warmup: int, steps: int) -> dict:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     t0 = time.time()
-    procs = [ctx.Process(target=_plain_worker, args=(r, world, job.model_dump_json(), model_dir, steps, port, out))
-             for r in range(world)]
+    procs = [
+        ctx.Process(target=_plain_worker, args=(r, world, job.model_dump_json(), model_dir, steps, port, out))
+        for r in range(world)
+    ]
     for p in procs:
         p.start()
     times = out.get(timeout=1800)
@@ -132,23 +144,39 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as storage:
             job = bench_job(args.job, args.steps, storage)
             plains.append(run_plain(job, args.warmup, args.steps))
-            print(f"[{i + 1}/{args.repeats}] plain DDP : {plains[-1]['samples_per_second']:.2f} samples/s steady, "
-                  f"first step after {plains[-1]['time_to_first_step_s']:.1f} s", flush=True)
+            print(
+                f"[{i + 1}/{args.repeats}] plain DDP : {plains[-1]['samples_per_second']:.2f} samples/s steady, "
+                f"first step after {plains[-1]['time_to_first_step_s']:.1f} s",
+                flush=True,
+            )
             kts.append(run_kubetrain(job, args.warmup))
-            print(f"[{i + 1}/{args.repeats}] kubetrain : {kts[-1]['samples_per_second']:.2f} samples/s steady, "
-                  f"first step after {kts[-1]['time_to_first_step_s']:.1f} s", flush=True)
+            print(
+                f"[{i + 1}/{args.repeats}] kubetrain : {kts[-1]['samples_per_second']:.2f} samples/s steady, "
+                f"first step after {kts[-1]['time_to_first_step_s']:.1f} s",
+                flush=True,
+            )
     plain = {k: statistics.median(r[k] for r in plains) for k in plains[0]}
     kt = {k: statistics.median(r[k] for r in kts) for k in kts[0]}
     ratio = kt["samples_per_second"] / plain["samples_per_second"]
     print(f"steady-state ratio kubetrain / plain = {ratio:.3f} (target >= 0.95)")
-    print(json.dumps({"benchmark": "overhead", "job": args.job, "steps": args.steps, "warmup_steps": args.warmup,
-                      "repeats": args.repeats,
-                      "workers": job.spec.resources.workers, "batch_size_per_worker": job.spec.training.batch_size,
-                      "kubetrain_samples_per_second": round(kt["samples_per_second"], 3),
-                      "plain_samples_per_second": round(plain["samples_per_second"], 3),
-                      "ratio": round(ratio, 4),
-                      "kubetrain_time_to_first_step_s": round(kt["time_to_first_step_s"], 2),
-                      "plain_time_to_first_step_s": round(plain["time_to_first_step_s"], 2)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "overhead",
+                "job": args.job,
+                "steps": args.steps,
+                "warmup_steps": args.warmup,
+                "repeats": args.repeats,
+                "workers": job.spec.resources.workers,
+                "batch_size_per_worker": job.spec.training.batch_size,
+                "kubetrain_samples_per_second": round(kt["samples_per_second"], 3),
+                "plain_samples_per_second": round(plain["samples_per_second"], 3),
+                "ratio": round(ratio, 4),
+                "kubetrain_time_to_first_step_s": round(kt["time_to_first_step_s"], 2),
+                "plain_time_to_first_step_s": round(plain["time_to_first_step_s"], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

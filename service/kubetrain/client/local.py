@@ -15,6 +15,10 @@ class LocalBackend:
         from ..runtime.driver import JobError, run_job
 
         try:
+            if job.spec.sweep is not None:
+                from ..runtime.sweep import run_sweep
+
+                return run_sweep(job, local_root=self.root, show=self.show)
             return run_job(job, local_root=self.root, show=self.show)
         except JobError as e:
             from ..cli.files import UserError

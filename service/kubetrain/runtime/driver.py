@@ -65,15 +65,19 @@ def local_path(path: str) -> str:
 
 def resolve_paths(job: TrainingJob) -> TrainingJob:
     """Copy of the job with local data and storage paths made absolute (Ray workers may run elsewhere)."""
-    data = job.spec.data.model_copy(update={
-        k: local_path(v) for k in ("train", "validation")
-        if (v := getattr(job.spec.data, k)) and "://" not in v and os.path.exists(v)
-    })
+    data = job.spec.data.model_copy(
+        update={
+            k: local_path(v)
+            for k in ("train", "validation")
+            if (v := getattr(job.spec.data, k)) and "://" not in v and os.path.exists(v)
+        }
+    )
     storage = job.spec.checkpoint.storage
     if storage.startswith("pvc://") or "://" not in storage:
         storage = local_path(storage)
-    spec = job.spec.model_copy(update={"data": data,
-                                       "checkpoint": job.spec.checkpoint.model_copy(update={"storage": storage})})
+    spec = job.spec.model_copy(
+        update={"data": data, "checkpoint": job.spec.checkpoint.model_copy(update={"storage": storage})}
+    )
     return job.model_copy(update={"spec": spec})
 
 
@@ -88,10 +92,16 @@ def _check_inputs(job: TrainingJob) -> None:
         raise JobError(str(e)) from None
 
 
-def run_job(job: TrainingJob, *, local_root: str = ".kubetrain", show: bool = True,
-            parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
-            worker_env: dict[str, str] | None = None,
-            on_event: Callable[[dict], None] | None = None) -> RunResult:
+def run_job(
+    job: TrainingJob,
+    *,
+    local_root: str = ".kubetrain",
+    show: bool = True,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    worker_env: dict[str, str] | None = None,
+    on_event: Callable[[dict], None] | None = None,
+) -> RunResult:
     """Run the job to completion on a local Ray (or the cluster in RAY_ADDRESS); never raises for job errors.
 
     on_event, when given, sees every worker event after it is handled, in this thread, preceded by one
@@ -103,8 +113,11 @@ def run_job(job: TrainingJob, *, local_root: str = ".kubetrain", show: bool = Tr
     _check_inputs(job)
     job = resolve_paths(job)
     spec = job.spec
-    run_dir = os.path.join(spec.checkpoint.storage, job.name) if "://" not in spec.checkpoint.storage \
+    run_dir = (
+        os.path.join(spec.checkpoint.storage, job.name)
+        if "://" not in spec.checkpoint.storage
         else os.path.join(local_root, "runs", job.name)
+    )
     result = RunResult(job.name, False, run_dir)
     os.makedirs(run_dir, exist_ok=True)
     in_cluster = bool(os.environ.get("RAY_ADDRESS") or os.environ.get("KUBETRAIN_JOB_NAMESPACE"))
@@ -120,9 +133,15 @@ def run_job(job: TrainingJob, *, local_root: str = ".kubetrain", show: bool = Tr
     tags = {f"version.{k}": v for k, v in versions().items()}
     tags["data.fingerprint"] = data_mod.fingerprint(spec.data)
     if commit:
-        tags.update({"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit})
+        tags.update(
+            {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+        )
     tracker.start(tags)
-    result.tracking_uri, result.mlflow_run_id, result.tracking_note = tracker.uri, tracker.run_id, tracker.fallback
+    result.tracking_uri, result.mlflow_run_id, result.tracking_note = (
+        tracker.uri,
+        tracker.run_id,
+        tracker.fallback,
+    )
     reporter = _status_reporter()
 
     import ray
@@ -133,23 +152,38 @@ def run_job(job: TrainingJob, *, local_root: str = ".kubetrain", show: bool = Tr
     _init_ray(job, in_cluster, worker_env)
     events = Queue(actor_options={"num_cpus": 0})
     final_dir, best_dir = os.path.join(run_dir, "final"), os.path.join(run_dir, "best")
-    config = {"job": job.model_dump(mode="json"), "queue": events, "model_dir": model_dir,
-              "cache_dir": data_mod.datasets_cache(local_root), "models_dir": os.path.join(local_root, "models"),
-              "final_dir": final_dir, "best_dir": best_dir}
+    config = {
+        "job": job.model_dump(mode="json"),
+        "queue": events,
+        "model_dir": model_dir,
+        "cache_dir": data_mod.datasets_cache(local_root),
+        "models_dir": os.path.join(local_root, "models"),
+        "final_dir": final_dir,
+        "best_dir": best_dir,
+    }
     from .loop import train_loop_per_worker
 
     res = spec.resources
-    backend = spec.strategy.backend if spec.strategy.backend != "auto" else ("nccl" if res.gpus_per_worker else "gloo")
+    backend = (
+        spec.strategy.backend
+        if spec.strategy.backend != "auto"
+        else ("nccl" if res.gpus_per_worker else "gloo")
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         torch_config=TorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
-            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker}
-                                                                   if res.gpus_per_worker else {})}),
+            num_workers=res.workers,
+            use_gpu=res.gpus_per_worker > 0,
+            resources_per_worker={
+                "CPU": res.cpus_per_worker,
+                **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {}),
+            },
+        ),
         run_config=ray.train.RunConfig(
-            name=job.name, storage_path=spec.checkpoint.storage,
+            name=job.name,
+            storage_path=spec.checkpoint.storage,
             failure_config=ray.train.FailureConfig(max_failures=spec.lifecycle.max_worker_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
             worker_runtime_env={"env_vars": {**QUIET_ENV, **_forwarded_env(spec), **(worker_env or {})}},
@@ -180,7 +214,9 @@ def run_job(job: TrainingJob, *, local_root: str = ".kubetrain", show: bool = Tr
     if error is not None:
         result.error = _short_error(error)
         if not _verbose() and not in_cluster:
-            result.error += " (worker logs: /tmp/ray/session_latest/logs; KUBETRAIN_VERBOSE=1 shows them live)"
+            result.error += (
+                " (worker logs: /tmp/ray/session_latest/logs; KUBETRAIN_VERBOSE=1 shows them live)"
+            )
     result.seconds = time.time() - started
     result.history = progress.history
     if os.path.exists(final_dir) and result.succeeded:
@@ -232,10 +268,12 @@ class _Progress:
 
     def on_model(self, ev: dict) -> None:
         pct = 100 * ev["trainable"] / max(ev["total"], 1)
-        self.console.say(f"{ev['model_class']}: {ev['trainable']:,} trainable of {ev['total']:,} parameters "
-                         f"({pct:.2f}%)")
-        self.tracker.set_tags({"model.trainable_parameters": str(ev["trainable"]),
-                               "model.total_parameters": str(ev["total"])})
+        self.console.say(
+            f"{ev['model_class']}: {ev['trainable']:,} trainable of {ev['total']:,} parameters ({pct:.2f}%)"
+        )
+        self.tracker.set_tags(
+            {"model.trainable_parameters": str(ev["trainable"]), "model.total_parameters": str(ev["total"])}
+        )
 
     def on_resumed(self, ev: dict) -> None:
         self.result.resumed_from_step = ev["step"]
@@ -245,8 +283,9 @@ class _Progress:
         self.total = ev["total_steps"]
         self.result.validation_examples = ev.get("validation_examples", 0)
         self.first_step = ev["step"]
-        self.console.say(f"Training {self.total} steps on {ev['world_size']} workers, global batch "
-                         f"{ev['global_batch']}")
+        self.console.say(
+            f"Training {self.total} steps on {ev['world_size']} workers, global batch {ev['global_batch']}"
+        )
         setup = ev.get("setup_seconds") or {}
         self.tracker.set_tags({f"setup_seconds.{k}": str(v) for k, v in setup.items()})
         if _verbose():
@@ -284,7 +323,9 @@ class _Progress:
 
     def on_stopped_early(self, ev: dict) -> None:
         self.result.stopped_early = True
-        self.console.say(f"Early stopping at step {ev['step']}: best {ev['best_metric']:.4f} at step {ev['best_step']}")
+        self.console.say(
+            f"Early stopping at step {ev['step']}: best {ev['best_metric']:.4f} at step {ev['best_step']}"
+        )
 
     def on_final(self, ev: dict) -> None:
         self.result.steps = ev["step"]
@@ -298,12 +339,16 @@ class _Progress:
     def snapshot(self, final: bool = False) -> dict:
         step = self.result.steps
         eta = self.eta(step, time.time())
-        return {"step": step, "total_steps": self.total,
-                "percent": round(100.0 * step / self.total, 1) if self.total else 0.0,
-                "eta_seconds": None if final or eta is None else round(eta),
-                "metrics": {k: round(float(v), 6) for k, v in self.latest.items()},
-                "mlflow_run_id": self.tracker.run_id, "mlflow_url": self.tracker.ui_hint() if self.tracker.run_id
-                else None, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        return {
+            "step": step,
+            "total_steps": self.total,
+            "percent": round(100.0 * step / self.total, 1) if self.total else 0.0,
+            "eta_seconds": None if final or eta is None else round(eta),
+            "metrics": {k: round(float(v), 6) for k, v in self.latest.items()},
+            "mlflow_run_id": self.tracker.run_id,
+            "mlflow_url": self.tracker.ui_hint() if self.tracker.run_id else None,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
 
 
 def _drain(events) -> list[dict]:
@@ -331,9 +376,15 @@ def _init_ray(job: TrainingJob, in_cluster: bool, worker_env: dict | None) -> No
     os.environ.setdefault("RAY_worker_niceness", "0")
     need = job.spec.resources.workers * job.spec.resources.cpus_per_worker
     cpus = os.cpu_count() or 2
-    ray.init(num_cpus=max(cpus, int(need + 0.999)), include_dashboard=False, log_to_driver=_verbose(),
-             logging_level=logging.WARNING, object_store_memory=256 * 2**20, runtime_env={"env_vars": env},
-             configure_logging=True)
+    ray.init(
+        num_cpus=max(cpus, int(need + 0.999)),
+        include_dashboard=False,
+        log_to_driver=_verbose(),
+        logging_level=logging.WARNING,
+        object_store_memory=256 * 2**20,
+        runtime_env={"env_vars": env},
+        configure_logging=True,
+    )
 
 
 def _verbose() -> bool:
@@ -368,7 +419,16 @@ def _short_error(error: BaseException) -> str:
     text = str(error)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in reversed(lines):
-        if ln.startswith(("ValueError", "RuntimeError", "DataError", "KeyError", "TypeError", "ModelUnavailable",
-                          "FileNotFoundError")):
+        if ln.startswith(
+            (
+                "ValueError",
+                "RuntimeError",
+                "DataError",
+                "KeyError",
+                "TypeError",
+                "ModelUnavailable",
+                "FileNotFoundError",
+            )
+        ):
             return ln
     return lines[-1] if lines else type(error).__name__

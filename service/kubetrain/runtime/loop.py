@@ -42,12 +42,21 @@ def train_loop_per_worker(config: dict) -> None:
     model_dir = config.get("model_dir")
     if model_dir is None and spec.model.name_or_path:  # in a cluster each node resolves (and caches) its copy
         model_dir = resolve_model_dir(spec.model, config["models_dir"])
-    texts = (str(r[spec.data.fields.text]) if spec.data.format in ("text", "classification") else
-             json.dumps(r, default=str) for r in splits.train)
+    texts = (
+        str(r[spec.data.fields.text])
+        if spec.data.format in ("text", "classification")
+        else json.dumps(r, default=str)
+        for r in splits.train
+    )
     tokenizer = build_tokenizer(spec.model, model_dir, texts)
     classification = spec.task == "sequence_classification"
-    model = build_model(spec.model, model_dir, tokenizer, spec.task,
-                        num_labels=len(splits.label_names) if splits.label_names else None)
+    model = build_model(
+        spec.model,
+        model_dir,
+        tokenizer,
+        spec.task,
+        num_labels=len(splits.label_names) if splits.label_names else None,
+    )
     model = apply_peft(model, spec.peft, spec.task)
     phases.mark("build_model")
     if spec.training.gradient_checkpointing:
@@ -58,8 +67,9 @@ def train_loop_per_worker(config: dict) -> None:
     val_ds = data_mod.tokenize(splits.validation, spec.data, tokenizer, splits.label_names)
     collate = data_mod.collate(tokenizer, classification)
     phases.mark("tokenize")
-    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
-                                                  seed=spec.training.seed, drop_last=True)
+    sampler = torch.utils.data.DistributedSampler(
+        train_ds, num_replicas=world, rank=rank, shuffle=True, seed=spec.training.seed, drop_last=True
+    )
     bs, accum = spec.training.batch_size, spec.training.gradient_accumulation_steps
     micro_per_epoch = len(sampler) // bs
     if micro_per_epoch < accum:
@@ -71,12 +81,23 @@ def train_loop_per_worker(config: dict) -> None:
     total_steps = spec.training.max_steps or max(1, math.ceil(spec.training.epochs * steps_per_epoch))
     val_loader = None
     if val_ds is not None and len(val_ds):
-        val_sampler = torch.utils.data.DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
-        val_loader = torch.utils.data.DataLoader(val_ds, batch_size=bs, sampler=val_sampler, collate_fn=collate,
-                                                 generator=_own_generator(spec.training.seed))
+        val_sampler = torch.utils.data.DistributedSampler(
+            val_ds, num_replicas=world, rank=rank, shuffle=False
+        )
+        val_loader = torch.utils.data.DataLoader(
+            val_ds,
+            batch_size=bs,
+            sampler=val_sampler,
+            collate_fn=collate,
+            generator=_own_generator(spec.training.seed),
+        )
 
-    model = rt.prepare_model(model, parallel_strategy_kwargs={
-        "find_unused_parameters": getattr(spec.strategy, "find_unused_parameters", False)})
+    model = rt.prepare_model(
+        model,
+        parallel_strategy_kwargs={
+            "find_unused_parameters": getattr(spec.strategy, "find_unused_parameters", False)
+        },
+    )
     inner = model.module if hasattr(model, "module") else model
     optimizer = _optimizer(spec.training, model)
     scheduler = _scheduler(spec.training, optimizer, total_steps)
@@ -93,21 +114,26 @@ def train_loop_per_worker(config: dict) -> None:
         if st.spec_fingerprint and st.spec_fingerprint != _spec_fingerprint(job):
             raise RuntimeError(
                 "the checkpoint of job '%s' was written by a different model/data/peft spec; rename the job "
-                "(metadata.name) or set spec.checkpoint.resume: false" % job.name)
+                "(metadata.name) or set spec.checkpoint.resume: false" % job.name
+            )
         channel.emit("resumed", step=st.step, path=resumed.path)
 
     fmt = data_mod.Formatter(spec.data, tokenizer) if spec.data.format in ("instruction", "chat") else None
     gen = spec.evaluation.generation
-    gen_records = list(splits.validation.select(range(min(gen.examples, len(splits.validation))))) \
-        if gen and splits.validation is not None else []
+    gen_records = (
+        list(splits.validation.select(range(min(gen.examples, len(splits.validation)))))
+        if gen and splits.validation is not None
+        else []
+    )
 
     def run_eval(tag: str) -> dict:
         metrics = {}
         if val_loader is not None and tag != "final":  # the last periodic eval already has the final loss
             metrics = evaluate(model, val_loader, spec.task, device, autocast, spec.training.eval_batches)
         if gen_records and tag in ("before", "final"):
-            em, samples = exact_match(inner, tokenizer, fmt, gen_records, rank, world, device,
-                                      gen.max_new_tokens, gen.batch_size)
+            em, samples = exact_match(
+                inner, tokenizer, fmt, gen_records, rank, world, device, gen.max_new_tokens, gen.batch_size
+            )
             metrics["eval_exact_match"] = em
             channel.emit("samples", tag=tag, samples=samples)
         return metrics
@@ -119,9 +145,17 @@ def train_loop_per_worker(config: dict) -> None:
         phases.mark("eval_before")
 
     # Train
-    channel.emit("start", total_steps=total_steps, step=st.step, world_size=world,
-                 validation_examples=len(splits.validation) if splits.validation is not None else 0,
-                 global_batch=bs * accum * world, steps_per_epoch=steps_per_epoch, setup_seconds=phases.done)
+    channel.emit(
+        "start",
+        total_steps=total_steps,
+        step=st.step,
+        world_size=world,
+        validation_examples=len(splits.validation) if splits.validation is not None else 0,
+        global_batch=bs * accum * world,
+        steps_per_epoch=steps_per_epoch,
+        setup_seconds=phases.done,
+        placement_group=ray.get_runtime_context().get_placement_group_id(),
+    )
     fault_step = int(os.environ.get("KUBETRAIN_FAULT_AT_STEP", "0"))
     model.train()
     window_t, window_samples, window_tokens, loss_acc = time.perf_counter(), 0, 0, []
@@ -130,16 +164,20 @@ def train_loop_per_worker(config: dict) -> None:
     while st.step < total_steps and not st.stopped_early:
         sampler.set_epoch(st.epoch)
         indices = list(sampler)[st.batch_in_epoch * bs : steps_per_epoch * accum * bs]
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_ds, indices), batch_size=bs,
-                                             shuffle=False, collate_fn=collate,
-                                             generator=_own_generator(spec.training.seed + st.epoch))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(train_ds, indices),
+            batch_size=bs,
+            shuffle=False,
+            collate_fn=collate,
+            generator=_own_generator(spec.training.seed + st.epoch),
+        )
         micro = 0
         for batch in loader:
             micro += 1
             st.batch_in_epoch += 1
             batch = {k: v.to(device) for k, v in batch.items()}
             sync = micro % accum == 0
-            with (contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()):
+            with contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync():
                 with autocast():
                     loss = model(**batch).loss / accum
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -150,8 +188,11 @@ def train_loop_per_worker(config: dict) -> None:
                 continue
             if scaler:
                 scaler.unscale_(optimizer)
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), spec.training.max_grad_norm)
-                         if spec.training.max_grad_norm else None)
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.training.max_grad_norm)
+                if spec.training.max_grad_norm
+                else None
+            )
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -164,10 +205,13 @@ def train_loop_per_worker(config: dict) -> None:
                 _inject_fault()
             if st.step % spec.training.log_every == 0 or st.step == total_steps:
                 now = time.perf_counter()
-                metrics = {"train_loss": sum(loss_acc), "learning_rate": scheduler.get_last_lr()[0],
-                           "samples_per_second": window_samples * world / (now - window_t),
-                           "tokens_per_second": window_tokens * world / (now - window_t),
-                           "epoch": st.epoch + st.batch_in_epoch / (steps_per_epoch * accum)}
+                metrics = {
+                    "train_loss": sum(loss_acc),
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "samples_per_second": window_samples * world / (now - window_t),
+                    "tokens_per_second": window_tokens * world / (now - window_t),
+                    "epoch": st.epoch + st.batch_in_epoch / (steps_per_epoch * accum),
+                }
                 if grad_norm is not None:
                     metrics["grad_norm"] = float(grad_norm)
                 metrics.update(channel.system_metrics())
@@ -181,8 +225,12 @@ def train_loop_per_worker(config: dict) -> None:
                 channel.emit("eval", step=st.step, tag="periodic", metrics=evaluated)
                 _early_stopping(spec, st, evaluated)
                 if spec.checkpoint.keep_best and st.best_step == st.step and rank == 0:
-                    _publish_model(inner, tokenizer, config["best_dir"],
-                                   info={"step": st.step, "metric": _watched(spec), "value": st.best_metric})
+                    _publish_model(
+                        inner,
+                        tokenizer,
+                        config["best_dir"],
+                        info={"step": st.step, "metric": _watched(spec), "value": st.best_metric},
+                    )
             if st.step % ckpt_every == 0 or last or st.stopped_early:
                 _checkpoint(rank, inner, optimizer, scheduler, st, evaluated)
             if last or st.stopped_early:
@@ -197,8 +245,13 @@ def train_loop_per_worker(config: dict) -> None:
     if st.stopped_early:
         channel.emit("stopped_early", step=st.step, best_step=st.best_step, best_metric=st.best_metric)
     if rank == 0:
-        _publish_model(inner, tokenizer, config["final_dir"], merge=getattr(spec.peft, "merge_on_save", False),
-                       info={"step": st.step, "job": job.name})
+        _publish_model(
+            inner,
+            tokenizer,
+            config["final_dir"],
+            merge=getattr(spec.peft, "merge_on_save", False),
+            info={"step": st.step, "job": job.name},
+        )
         channel.emit("final", path=config["final_dir"], step=st.step)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -230,7 +283,9 @@ def _early_stopping(spec, st: ckpt.TrainState, metrics: dict) -> None:
     if name not in metrics:
         return
     value, mode, delta = metrics[name], (es.mode if es else "min"), (es.min_delta if es else 0.0)
-    better = st.best_metric is None or (value < st.best_metric - delta if mode == "min" else value > st.best_metric + delta)
+    better = st.best_metric is None or (
+        value < st.best_metric - delta if mode == "min" else value > st.best_metric + delta
+    )
     if better:
         st.best_metric, st.best_step, st.evals_without_improvement = value, st.step, 0
     else:
@@ -246,8 +301,11 @@ def _checkpoint(rank, model, optimizer, scheduler, st: ckpt.TrainState, metrics:
     with tempfile.TemporaryDirectory(prefix="kubetrain-ckpt-") as tmp:
         ckpt.save(tmp, rank, model, optimizer, scheduler, st)
         report = {"step": st.step, **{k: float(v) for k, v in metrics.items()}}
-        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"checkpoint_{st.step:08d}")
+        ray.train.report(
+            report,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"checkpoint_{st.step:08d}",
+        )
 
 
 def _publish_model(model, tokenizer, dest: str, merge: bool = False, info: dict | None = None) -> None:
@@ -279,17 +337,29 @@ def _publish_model(model, tokenizer, dest: str, merge: bool = False, info: dict 
 def _optimizer(training, model):
     params = [p for p in model.parameters() if p.requires_grad]
     if training.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=training.learning_rate, momentum=0.9, weight_decay=training.weight_decay)
-    return torch.optim.AdamW(params, lr=training.learning_rate, betas=tuple(training.adam_betas),
-                             weight_decay=training.weight_decay)
+        return torch.optim.SGD(
+            params, lr=training.learning_rate, momentum=0.9, weight_decay=training.weight_decay
+        )
+    return torch.optim.AdamW(
+        params,
+        lr=training.learning_rate,
+        betas=tuple(training.adam_betas),
+        weight_decay=training.weight_decay,
+    )
 
 
 def _scheduler(training, optimizer, total_steps: int):
     from transformers import get_scheduler
 
-    warmup = training.warmup_steps if training.warmup_steps is not None else int(training.warmup_ratio * total_steps)
+    warmup = (
+        training.warmup_steps
+        if training.warmup_steps is not None
+        else int(training.warmup_ratio * total_steps)
+    )
     name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[training.schedule]
-    return get_scheduler(name, optimizer, num_warmup_steps=min(warmup, total_steps), num_training_steps=total_steps)
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=min(warmup, total_steps), num_training_steps=total_steps
+    )
 
 
 def _autocast(precision: str, device):
@@ -315,8 +385,13 @@ def _seed(seed: int) -> None:
 
 def _spec_fingerprint(job: TrainingJob) -> str:
     s = job.spec
-    keep = {"model": s.model.model_dump(), "peft": s.peft.model_dump(), "task": s.task,
-            "data": s.data.model_dump(), "strategy": s.strategy.model_dump()}
+    keep = {
+        "model": s.model.model_dump(),
+        "peft": s.peft.model_dump(),
+        "task": s.task,
+        "data": s.data.model_dump(),
+        "strategy": s.strategy.model_dump(),
+    }
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

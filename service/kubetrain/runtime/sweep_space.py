@@ -1,0 +1,177 @@
+"""Pure translation of a spec.sweep into Ray Tune objects (search space, searcher, scheduler) and trial specs."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from ..spec import TrainingJob, set_path, validate_job
+from ..spec.sweep import SweepSpec, canonical_path
+
+UNBOUNDED_EVALS = 10_000  # ASHA's max_t when the number of evaluations per trial is not known in advance
+
+
+def search_space(sweep: SweepSpec, spec_data: dict) -> dict[str, Any]:
+    """{canonical dotted path: Tune domain}: uniform, loguniform, int (inclusive, optionally log), choice, grid."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for raw, d in sweep.parameters.items():
+        path = canonical_path(raw, spec_data)
+        if d.type == "uniform":
+            out[path] = tune.uniform(d.low, d.high)
+        elif d.type == "loguniform":
+            out[path] = tune.loguniform(d.low, d.high)
+        elif d.type == "int":
+            out[path] = (tune.lograndint if d.log else tune.randint)(
+                d.low, d.high + 1
+            )  # Tune's upper is exclusive
+        elif d.type == "choice":
+            out[path] = tune.choice(list(d.values))
+        elif d.type == "grid":
+            out[path] = tune.grid_search(list(d.values))
+    return out
+
+
+def searcher(sweep: SweepSpec, max_concurrent: int):
+    """The Tune search algorithm, capped at max_concurrent running trials.
+
+    random and grid: Tune's basic variant generator; tpe: Optuna TPE (multi-objective with a second
+    objective); hyperopt: HyperOpt TPE. Single-objective metric and mode are left to TuneConfig.
+    """
+    from ray.tune.search import ConcurrencyLimiter
+
+    objectives = sweep.objectives()
+    if sweep.algorithm == "tpe":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        # Optuna's default of 10 random start-up trials would make a small sweep pure random search
+        sampler = optuna.samplers.TPESampler(
+            seed=sweep.seed, n_startup_trials=startup_trials(sweep.num_trials)
+        )
+        if len(objectives) > 1:
+            found = OptunaSearch(
+                metric=[o.metric for o in objectives], mode=[o.mode for o in objectives], sampler=sampler
+            )
+        else:
+            found = OptunaSearch(sampler=sampler)
+        return ConcurrencyLimiter(found, max_concurrent=max_concurrent)
+    if sweep.algorithm == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        found = HyperOptSearch(
+            random_state_seed=sweep.seed, n_initial_points=startup_trials(sweep.num_trials)
+        )
+        return ConcurrencyLimiter(found, max_concurrent=max_concurrent)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=max_concurrent)
+
+
+def startup_trials(trials: int) -> int:
+    """Random trials before a model-based searcher starts modelling: a third of the budget, 2 to 10."""
+    return max(2, min(10, trials // 3))
+
+
+def scheduler(sweep: SweepSpec, max_evaluations: int | None):
+    """The trial scheduler; time is counted in evaluations (one Tune iteration per periodic evaluation).
+
+    max_t is one more than the evaluations a trial makes, so ASHA never stops a trial merely for finishing.
+    """
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
+
+    max_t = (max_evaluations + 1) if max_evaluations else UNBOUNDED_EVALS
+    common = {"time_attr": "training_iteration"}  # metric and mode come from TuneConfig
+    if sweep.scheduler == "asha":
+        return AsyncHyperBandScheduler(
+            **common,
+            max_t=max_t,
+            grace_period=min(sweep.grace_period, max_t),
+            reduction_factor=sweep.reduction_factor,
+            brackets=1,
+        )
+    if sweep.scheduler == "hyperband":
+        return AsyncHyperBandScheduler(
+            **common,
+            max_t=max_t,
+            grace_period=min(sweep.grace_period, max_t),
+            reduction_factor=sweep.reduction_factor,
+            brackets=3,
+        )
+    if sweep.scheduler == "median":
+        return MedianStoppingRule(**common, grace_period=sweep.grace_period, min_samples_required=2)
+    return FIFOScheduler()
+
+
+def max_evaluations(job: TrainingJob) -> int | None:
+    """Periodic evaluations per trial when max_steps and eval_every fix them (the largest over the sweep)."""
+    t, sweep = job.spec.training, job.spec.sweep
+    steps = [t.max_steps] if t.max_steps else []
+    d = sweep.parameters.get("training.max_steps") if sweep else None
+    if d is not None:
+        steps = [d.high] if d.type == "int" else [max(d.values)]
+    if not steps or not t.eval_every:
+        return None
+    return math.ceil(max(steps) / t.eval_every)
+
+
+def trial_job(
+    base: dict, params: dict[str, Any], *, name: str, storage: str, experiment: str, parent_name: str
+) -> TrainingJob:
+    """The TrainingJob one trial runs: the sweep's job with params set, no sweep, its own name and storage."""
+    data = copy.deepcopy(base)
+    data.pop("status", None)
+    data["metadata"] = {
+        "name": name,
+        "labels": {**data["metadata"].get("labels", {}), "kubetrain.dev/sweep": parent_name},
+    }
+    data["spec"].pop("sweep", None)
+    for path, value in params.items():
+        set_path(data["spec"], path, _plain(value))
+    tracking = data["spec"].setdefault("tracking", {})
+    tracking.update({"experiment": experiment, "run_name": name})
+    data["spec"].setdefault("checkpoint", {})["storage"] = storage
+    return validate_job(data)
+
+
+def runnable_yaml_data(base: dict, params: dict[str, Any], name: str) -> dict:
+    """A ready-to-run TrainingJob (as data) with the best params set and the sweep section removed."""
+    data = copy.deepcopy(base)
+    data.pop("status", None)
+    data["metadata"] = {"name": name}
+    data["spec"].pop("sweep", None)
+    for path, value in params.items():
+        set_path(data["spec"], path, _plain(value))
+    return data
+
+
+def trial_name(sweep_name: str, trial_id: str) -> str:
+    """An RFC 1123 job name for a trial: '<sweep>-<tune trial id>' within 63 characters."""
+    tid = trial_id.replace("_", "-").lower()
+    return f"{sweep_name[: 62 - len(tid)].rstrip('-')}-{tid}"
+
+
+def fitting_concurrency(requested: int, cpus: float, per_trial: float) -> int:
+    """How many trials can run at once on `cpus` CPUs when each needs `per_trial` (at least 1)."""
+    return max(1, min(requested, int(cpus // per_trial + 1e-9)))
+
+
+def pareto_front(rows: list[dict], objectives: list[tuple[str, str]]) -> list[dict]:
+    """Rows not dominated by any other row on all (metric, mode) objectives (rows lacking a metric are dropped)."""
+    rows = [r for r in rows if all(r.get(m) is not None for m, _ in objectives)]
+
+    def key(r: dict) -> list[float]:
+        return [r[m] if mode == "min" else -r[m] for m, mode in objectives]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    return [r for r in rows if not any(dominates(key(o), key(r)) for o in rows if o is not r)]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (from samplers) -> Python scalars, so specs and YAML stay plain."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and not isinstance(value, (list, dict, str)) else value
