@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 from collections.abc import Iterable
 
 from ..spec import Problem, SpecError, TrainingJob, load_job
@@ -15,7 +16,7 @@ class UserError(Exception):
 def read_job(path: str, overrides: Iterable[str] = ()) -> TrainingJob:
     p = pathlib.Path(path)
     try:
-        text = p.read_text() if path != "-" else __import__("sys").stdin.read()
+        text = p.read_text() if path != "-" else sys.stdin.read()
     except FileNotFoundError:
         raise SpecError([Problem("", "no such file")]) from None
     except IsADirectoryError:
@@ -23,3 +24,13 @@ def read_job(path: str, overrides: Iterable[str] = ()) -> TrainingJob:
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError([Problem("", f"cannot read: {e}")]) from None
     return load_job(text, overrides=overrides)
+
+
+def read_job_or_report(path: str, overrides: Iterable[str] = ()) -> TrainingJob | None:
+    """The job, or None after printing one line per problem (FILE:LINE: field.path: message) to stderr."""
+    try:
+        return read_job(path, overrides)
+    except SpecError as e:
+        for problem in e.problems:
+            print(problem.render(path), file=sys.stderr)
+        return None

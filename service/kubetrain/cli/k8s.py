@@ -7,7 +7,6 @@ import sys
 
 import yaml
 
-from ..spec import SpecError
 from . import files
 
 EXIT_OK, EXIT_INVALID = 0, 1
@@ -23,11 +22,8 @@ def _crd(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     from ..render import PlatformConfig, render
 
-    try:
-        job = files.read_job(args.file, args.set)
-    except SpecError as e:
-        for problem in e.problems:
-            print(problem.render(args.file), file=sys.stderr)
+    job = files.read_job_or_report(args.file, args.set)
+    if job is None:
         return EXIT_INVALID
     try:
         platform = PlatformConfig.load(args.config)

@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..spec import SpecError
 from . import files
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 1, 2
@@ -17,12 +16,9 @@ EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 1, 2
 def _validate(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.files:
-        try:
-            job = files.read_job(path, args.set)
-        except SpecError as e:
+        job = files.read_job_or_report(path, args.set)
+        if job is None:
             bad += 1
-            for problem in e.problems:
-                print(problem.render(path), file=sys.stderr)
             continue
         print(f"{path}: OK ({job.kind} {job.metadata.name})")
     return EXIT_INVALID if bad else EXIT_OK
@@ -36,11 +32,8 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        job = files.read_job(args.file, args.set)
-    except SpecError as e:
-        for problem in e.problems:
-            print(problem.render(args.file), file=sys.stderr)
+    job = files.read_job_or_report(args.file, args.set)
+    if job is None:
         return EXIT_INVALID
     from ..client.local import LocalBackend
 
