@@ -118,14 +118,9 @@ def main() -> None:
 
     import ray
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=128 * 2**20,
-        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}},
-    )
+    from kubetrain.runtime.driver import start_local_ray
+
+    start_local_ray(num_cpus=2)
     rows = []
     with tempfile.TemporaryDirectory(prefix="asha-bench-") as storage:
         for seed in args.seeds:

@@ -45,18 +45,11 @@ TINY = {
 
 @pytest.fixture(scope="session")
 def ray_session():
-    import os
-
     import ray
 
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as the driver does for a local Ray
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=128 * 2**20,
-        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}},
-    )
+    from kubetrain.runtime.driver import start_local_ray
+
+    start_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -362,29 +362,33 @@ def _drain(events) -> list[dict]:
     return out
 
 
+def start_local_ray(num_cpus: int, env: dict[str, str] | None = None) -> None:
+    """A local Ray for training: workers at normal priority, a capped object store, quiet workers."""
+    import ray
+
+    # Ray starts workers at nice 15; here the Train workers are the workload, so they get normal priority
+    # (otherwise the driver, MLflow writes or any other process preempt them).
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=_verbose(),
+        logging_level=logging.WARNING,
+        object_store_memory=256 * 2**20,
+        runtime_env={"env_vars": {**QUIET_ENV, **(env or {})}},
+    )
+
+
 def _init_ray(job: TrainingJob, in_cluster: bool, worker_env: dict | None) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    env = {**QUIET_ENV, **(worker_env or {})}
-    if in_cluster:
-        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)  # a RayJob's logs are the pod logs
+    if in_cluster:  # a RayJob's logs are the pod logs
+        ray.init(runtime_env={"env_vars": {**QUIET_ENV, **(worker_env or {})}}, log_to_driver=True)
         return
-    # Ray starts workers at nice 15; here the Train workers are the workload, so they get normal priority
-    # (otherwise the driver, MLflow writes or any other process preempt them).
-    os.environ.setdefault("RAY_worker_niceness", "0")
     need = job.spec.resources.workers * job.spec.resources.cpus_per_worker
-    cpus = os.cpu_count() or 2
-    ray.init(
-        num_cpus=max(cpus, int(need + 0.999)),
-        include_dashboard=False,
-        log_to_driver=_verbose(),
-        logging_level=logging.WARNING,
-        object_store_memory=256 * 2**20,
-        runtime_env={"env_vars": env},
-        configure_logging=True,
-    )
+    start_local_ray(max(os.cpu_count() or 2, int(need + 0.999)), worker_env)
 
 
 def _verbose() -> bool:

@@ -84,21 +84,13 @@ def scheduler(sweep: SweepSpec, max_evaluations: int | None):
 
     max_t = (max_evaluations + 1) if max_evaluations else UNBOUNDED_EVALS
     common = {"time_attr": "training_iteration"}  # metric and mode come from TuneConfig
-    if sweep.scheduler == "asha":
+    if sweep.scheduler in ("asha", "hyperband"):  # hyperband: asynchronous, ASHA over 3 brackets
         return AsyncHyperBandScheduler(
             **common,
             max_t=max_t,
             grace_period=min(sweep.grace_period, max_t),
             reduction_factor=sweep.reduction_factor,
-            brackets=1,
-        )
-    if sweep.scheduler == "hyperband":
-        return AsyncHyperBandScheduler(
-            **common,
-            max_t=max_t,
-            grace_period=min(sweep.grace_period, max_t),
-            reduction_factor=sweep.reduction_factor,
-            brackets=3,
+            brackets=1 if sweep.scheduler == "asha" else 3,
         )
     if sweep.scheduler == "median":
         return MedianStoppingRule(**common, grace_period=sweep.grace_period, min_samples_required=2)
