@@ -36,7 +36,7 @@ lint: install
 generate: install
 	$(PY) -m kubetrain.schema.generate
 
-BENCHES ?= overhead operator_scale asha_vs_random
+BENCHES ?= overhead operator_scale asha_vs_random strategies
 bench: install
 	set -e; for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py; done
 

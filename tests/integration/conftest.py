@@ -54,21 +54,32 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture
-def tiny_job(tmp_path):
-    """Factory: a validated tiny TrainingJob storing under tmp_path, with dotted overrides."""
+def job_factory(root):
+    """make(name, **dotted_overrides): a validated tiny TrainingJob storing under root."""
     from kubetrain.spec import set_path, validate_job
 
     def make(name: str = "tiny", **overrides):
         data = copy.deepcopy(TINY)
         data["metadata"]["name"] = name
-        data["spec"]["checkpoint"]["storage"] = str(tmp_path / "runs")
-        data["spec"]["tracking"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+        data["spec"]["checkpoint"]["storage"] = str(root / "runs")
+        data["spec"]["tracking"] = {"tracking_uri": f"sqlite:///{root}/mlflow.db"}
         for path, value in overrides.items():
             set_path(data, path.replace("__", "."), value)
         return validate_job(data)
 
     return make
+
+
+@pytest.fixture
+def tiny_job(tmp_path):
+    """Factory: a validated tiny TrainingJob storing under tmp_path, with dotted overrides."""
+    return job_factory(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_job_module(tmp_path_factory):
+    """tiny_job for module-scoped fixtures (a reference run shared by a module's tests)."""
+    return job_factory(tmp_path_factory.mktemp("module-jobs"))
 
 
 @pytest.fixture(scope="session")

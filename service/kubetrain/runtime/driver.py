@@ -50,6 +50,7 @@ class RunResult:
     tracking_uri: str | None = None
     mlflow_hint: str = ""
     tracking_note: str | None = None
+    memory: list[dict] = field(default_factory=list)  # per rank: param_bytes, grad_bytes, optimizer_bytes
 
 
 class JobError(RuntimeError):
@@ -101,6 +102,7 @@ def run_job(
     extra_tags: dict[str, str] | None = None,
     worker_env: dict[str, str] | None = None,
     on_event: Callable[[dict], None] | None = None,
+    init_checkpoint: str | None = None,
 ) -> RunResult:
     """Run the job to completion on a local Ray (or the cluster in RAY_ADDRESS); never raises for job errors.
 
@@ -160,15 +162,14 @@ def run_job(
         "models_dir": os.path.join(local_root, "models"),
         "final_dir": final_dir,
         "best_dir": best_dir,
+        "init_checkpoint": init_checkpoint,
     }
     from .loop import train_loop_per_worker
 
     res = spec.resources
-    backend = (
-        spec.strategy.backend
-        if spec.strategy.backend != "auto"
-        else ("nccl" if res.gpus_per_worker else "gloo")
-    )
+    backend = getattr(spec.strategy, "backend", "auto")
+    if backend == "auto":
+        backend = "nccl" if res.gpus_per_worker else "gloo"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -273,6 +274,19 @@ class _Progress:
         )
         self.tracker.set_tags(
             {"model.trainable_parameters": str(ev["trainable"]), "model.total_parameters": str(ev["total"])}
+        )
+
+    def on_memory(self, ev: dict) -> None:
+        """Per-rank bytes of parameters, gradients and optimizer state: MLflow tags and the result."""
+        self.result.memory = ev["ranks"]
+        self.tracker.set_tags(
+            {f"memory.rank{r}.{k}": str(v) for r, m in enumerate(ev["ranks"]) for k, v in m.items()}
+        )
+        mib = [
+            f"{(m['param_bytes'] + m['grad_bytes'] + m['optimizer_bytes']) / 2**20:.1f}" for m in ev["ranks"]
+        ]
+        self.console.say(
+            f"{ev['strategy']}: per-rank parameters+gradients+optimizer state (MiB): {', '.join(mib)}"
         )
 
     def on_resumed(self, ev: dict) -> None:

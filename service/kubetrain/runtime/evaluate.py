@@ -39,6 +39,8 @@ def evaluate(model, loader, task: str, device, autocast, max_batches: int | None
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast():
             out = model(**batch)
+        if out is None:  # a pipeline stage without the head: the last stage counts this batch
+            continue
         logits = out.logits.float()
         if task == "sequence_classification":
             loss_sum += out.loss.item() * len(batch["labels"])

@@ -17,6 +17,7 @@ from ..spec import TrainingJob
 from . import data as data_mod
 from . import state as ckpt
 from .channel import Channel
+from .engines import data_shard, make_engine, prepare_environment
 from .evaluate import evaluate, exact_match
 from .models import apply_peft, build_model, build_tokenizer, count_parameters, resolve_model_dir
 
@@ -50,14 +51,22 @@ def train_loop_per_worker(config: dict) -> None:
     )
     tokenizer = build_tokenizer(spec.model, model_dir, texts)
     classification = spec.task == "sequence_classification"
-    model = build_model(
-        spec.model,
-        model_dir,
-        tokenizer,
-        spec.task,
-        num_labels=len(splits.label_names) if splits.label_names else None,
-    )
-    model = apply_peft(model, spec.peft, spec.task)
+
+    def rebuild():
+        """The model as built here, from the same seed (a whole copy for engines that split or shard it)."""
+        with torch.random.fork_rng():
+            _seed(spec.training.seed)
+            m = build_model(
+                spec.model,
+                model_dir,
+                tokenizer,
+                spec.task,
+                num_labels=len(splits.label_names) if splits.label_names else None,
+            )
+            m = apply_peft(m, spec.peft, spec.task)
+        return m.to(device)
+
+    model = rebuild()
     phases.mark("build_model")
     if spec.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -67,14 +76,16 @@ def train_loop_per_worker(config: dict) -> None:
     val_ds = data_mod.tokenize(splits.validation, spec.data, tokenizer, splits.label_names)
     collate = data_mod.collate(tokenizer, classification)
     phases.mark("tokenize")
+    shard, shards = data_shard(spec, rank, world)
     sampler = torch.utils.data.DistributedSampler(
-        train_ds, num_replicas=world, rank=rank, shuffle=True, seed=spec.training.seed, drop_last=True
+        train_ds, num_replicas=shards, rank=shard, shuffle=True, seed=spec.training.seed, drop_last=True
     )
     bs, accum = spec.training.batch_size, spec.training.gradient_accumulation_steps
     micro_per_epoch = len(sampler) // bs
     if micro_per_epoch < accum:
         raise ValueError(
-            f"spec.training.batch_size: {len(train_ds)} training examples over {world} workers give fewer than "
+            f"spec.training.batch_size: {len(train_ds)} training examples over {shards} data-parallel workers "
+            "give fewer than "
             f"one optimizer step per epoch (batch_size {bs} x gradient_accumulation_steps {accum})"
         )
     steps_per_epoch = micro_per_epoch // accum
@@ -82,7 +93,7 @@ def train_loop_per_worker(config: dict) -> None:
     val_loader = None
     if val_ds is not None and len(val_ds):
         val_sampler = torch.utils.data.DistributedSampler(
-            val_ds, num_replicas=world, rank=rank, shuffle=False
+            val_ds, num_replicas=shards, rank=shard, shuffle=False
         )
         val_loader = torch.utils.data.DataLoader(
             val_ds,
@@ -92,25 +103,20 @@ def train_loop_per_worker(config: dict) -> None:
             generator=_own_generator(spec.training.seed),
         )
 
-    model = rt.prepare_model(
-        model,
-        parallel_strategy_kwargs={
-            "find_unused_parameters": getattr(spec.strategy, "find_unused_parameters", False)
-        },
-    )
-    inner = model.module if hasattr(model, "module") else model
-    optimizer = _optimizer(spec.training, model)
-    scheduler = _scheduler(spec.training, optimizer, total_steps)
+    prepare_environment(spec, device.type)
+    engine = make_engine(model, spec, total_steps, rank, world, device, rebuild)
     autocast = _autocast(spec.training.precision, device)
-    scaler = torch.amp.GradScaler("cuda") if spec.training.precision == "fp16" else None
-    phases.mark("prepare_ddp")
+    phases.mark("prepare_" + spec.strategy.type)
 
-    # Resume
+    # Resume: this run's own checkpoint, else one handed over (a sweep trial taking another's place)
     st = ckpt.TrainState(spec_fingerprint=_spec_fingerprint(job))
     resumed = ray.train.get_checkpoint() if spec.checkpoint.resume else None
+    if resumed is None and config.get("init_checkpoint"):
+        resumed = ray.train.Checkpoint(config["init_checkpoint"])
     if resumed is not None:
         with resumed.as_directory() as d:
-            st = ckpt.load(d, rank, inner, optimizer, scheduler)
+            st = engine.load(d, rank)
+        engine.apply_hyperparameters(spec.training)
         if st.spec_fingerprint and st.spec_fingerprint != _spec_fingerprint(job):
             raise RuntimeError(
                 "the checkpoint of job '%s' was written by a different model/data/peft spec; rename the job "
@@ -129,11 +135,22 @@ def train_loop_per_worker(config: dict) -> None:
     def run_eval(tag: str) -> dict:
         metrics = {}
         if val_loader is not None and tag != "final":  # the last periodic eval already has the final loss
-            metrics = evaluate(model, val_loader, spec.task, device, autocast, spec.training.eval_batches)
-        if gen_records and tag in ("before", "final"):
-            em, samples = exact_match(
-                inner, tokenizer, fmt, gen_records, rank, world, device, gen.max_new_tokens, gen.batch_size
+            metrics = evaluate(
+                engine.model, val_loader, spec.task, device, autocast, spec.training.eval_batches
             )
+        if gen_records and tag in ("before", "final"):
+            with engine.whole_model() as whole:
+                em, samples = exact_match(
+                    whole,
+                    tokenizer,
+                    fmt,
+                    gen_records,
+                    rank,
+                    world,
+                    device,
+                    gen.max_new_tokens,
+                    gen.batch_size,
+                )
             metrics["eval_exact_match"] = em
             channel.emit("samples", tag=tag, samples=samples)
         return metrics
@@ -151,13 +168,14 @@ def train_loop_per_worker(config: dict) -> None:
         step=st.step,
         world_size=world,
         validation_examples=len(splits.validation) if splits.validation is not None else 0,
-        global_batch=bs * accum * world,
+        global_batch=bs * accum * shards,
         steps_per_epoch=steps_per_epoch,
         setup_seconds=phases.done,
         placement_group=ray.get_runtime_context().get_placement_group_id(),
     )
     fault_step = int(os.environ.get("KUBETRAIN_FAULT_AT_STEP", "0"))
-    model.train()
+    memory_reported = False
+    engine.model.train()
     window_t, window_samples, window_tokens, loss_acc = time.perf_counter(), 0, 0, []
     eval_every = spec.training.eval_every or steps_per_epoch
     ckpt_every = spec.checkpoint.every or eval_every
@@ -177,39 +195,25 @@ def train_loop_per_worker(config: dict) -> None:
             st.batch_in_epoch += 1
             batch = {k: v.to(device) for k, v in batch.items()}
             sync = micro % accum == 0
-            with contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync():
-                with autocast():
-                    loss = model(**batch).loss / accum
-                (scaler.scale(loss) if scaler else loss).backward()
-            loss_acc.append(loss.item())
+            loss_acc.append(engine.train_batch(batch, sync, accum, autocast))
             window_samples += batch["input_ids"].shape[0]
             window_tokens += int(batch["attention_mask"].sum())
             if not sync:
                 continue
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.training.max_grad_norm)
-                if spec.training.max_grad_norm
-                else None
-            )
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = engine.step(spec.training.max_grad_norm)
+            if not memory_reported:  # after the first step: optimizers create their state lazily
+                memory_reported = True
+                channel.emit("memory", strategy=spec.strategy.type, ranks=_gather_memory(engine.memory()))
             st.step += 1
             if fault_step and st.step == fault_step and rank == world - 1:
                 _inject_fault()
             if st.step % spec.training.log_every == 0 or st.step == total_steps:
                 now = time.perf_counter()
                 metrics = {
-                    "train_loss": sum(loss_acc),
-                    "learning_rate": scheduler.get_last_lr()[0],
-                    "samples_per_second": window_samples * world / (now - window_t),
-                    "tokens_per_second": window_tokens * world / (now - window_t),
+                    "train_loss": _mean_over_ranks(sum(loss_acc)),
+                    "learning_rate": engine.lr(),
+                    "samples_per_second": window_samples * shards / (now - window_t),
+                    "tokens_per_second": window_tokens * shards / (now - window_t),
                     "epoch": st.epoch + st.batch_in_epoch / (steps_per_epoch * accum),
                 }
                 if grad_norm is not None:
@@ -224,15 +228,17 @@ def train_loop_per_worker(config: dict) -> None:
                 evaluated = run_eval("periodic")
                 channel.emit("eval", step=st.step, tag="periodic", metrics=evaluated)
                 _early_stopping(spec, st, evaluated)
-                if spec.checkpoint.keep_best and st.best_step == st.step and rank == 0:
-                    _publish_model(
-                        inner,
-                        tokenizer,
-                        config["best_dir"],
-                        info={"step": st.step, "metric": _watched(spec), "value": st.best_metric},
-                    )
+                if spec.checkpoint.keep_best and st.best_step == st.step:
+                    with engine.whole_model() as whole:
+                        if rank == 0:
+                            _publish_model(
+                                whole,
+                                tokenizer,
+                                config["best_dir"],
+                                info={"step": st.step, "metric": _watched(spec), "value": st.best_metric},
+                            )
             if st.step % ckpt_every == 0 or last or st.stopped_early:
-                _checkpoint(rank, inner, optimizer, scheduler, st, evaluated)
+                _checkpoint(rank, engine, st, evaluated)
             if last or st.stopped_early:
                 break
         else:
@@ -244,15 +250,16 @@ def train_loop_per_worker(config: dict) -> None:
         channel.emit("eval", step=st.step, tag="final", metrics=final)
     if st.stopped_early:
         channel.emit("stopped_early", step=st.step, best_step=st.best_step, best_metric=st.best_metric)
-    if rank == 0:
-        _publish_model(
-            inner,
-            tokenizer,
-            config["final_dir"],
-            merge=getattr(spec.peft, "merge_on_save", False),
-            info={"step": st.step, "job": job.name},
-        )
-        channel.emit("final", path=config["final_dir"], step=st.step)
+    with engine.whole_model() as whole:
+        if rank == 0:
+            _publish_model(
+                whole,
+                tokenizer,
+                config["final_dir"],
+                merge=getattr(spec.peft, "merge_on_save", False),
+                info={"step": st.step, "job": job.name, "strategy": spec.strategy.type},
+            )
+            channel.emit("final", path=config["final_dir"], step=st.step)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -294,12 +301,12 @@ def _early_stopping(spec, st: ckpt.TrainState, metrics: dict) -> None:
             st.stopped_early = True
 
 
-def _checkpoint(rank, model, optimizer, scheduler, st: ckpt.TrainState, metrics: dict) -> None:
-    """All ranks report (a barrier); each contributes its RNG file, rank 0 the weights and optimizer."""
+def _checkpoint(rank, engine, st: ckpt.TrainState, metrics: dict) -> None:
+    """All ranks report (a barrier); each contributes its files (RNG, and its shard where the engine shards)."""
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="kubetrain-ckpt-") as tmp:
-        ckpt.save(tmp, rank, model, optimizer, scheduler, st)
+        engine.save(tmp, rank, st)
         report = {"step": st.step, **{k: float(v) for k, v in metrics.items()}}
         ray.train.report(
             report,
@@ -334,32 +341,22 @@ def _publish_model(model, tokenizer, dest: str, merge: bool = False, info: dict 
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _optimizer(training, model):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if training.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=training.learning_rate, momentum=0.9, weight_decay=training.weight_decay
-        )
-    return torch.optim.AdamW(
-        params,
-        lr=training.learning_rate,
-        betas=tuple(training.adam_betas),
-        weight_decay=training.weight_decay,
-    )
+def _mean_over_ranks(value: float) -> float:
+    """The step's loss over the whole global batch, not just rank 0's share of it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
 
 
-def _scheduler(training, optimizer, total_steps: int):
-    from transformers import get_scheduler
-
-    warmup = (
-        training.warmup_steps
-        if training.warmup_steps is not None
-        else int(training.warmup_ratio * total_steps)
-    )
-    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[training.schedule]
-    return get_scheduler(
-        name, optimizer, num_warmup_steps=min(warmup, total_steps), num_training_steps=total_steps
-    )
+def _gather_memory(mine: dict) -> list[dict]:
+    """Every rank's parameter / gradient / optimizer-state bytes, in rank order."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
 
 
 def _autocast(precision: str, device):

@@ -36,32 +36,22 @@ def trainable_state(model) -> dict:
     return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in names}
 
 
-def save(directory: str, rank: int, model, optimizer, scheduler, state: TrainState) -> None:
-    """Every rank saves its RNG; rank 0 also saves weights, optimizer, scheduler and loop state."""
+def save_position(directory: str, rank: int, state: TrainState) -> None:
+    """Every rank saves its RNG; rank 0 also the loop position (shared by every strategy)."""
     os.makedirs(directory, exist_ok=True)
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, os.path.join(directory, f"rng_rank{rank}.pt"))
-    if rank != 0:
-        return
-    torch.save(trainable_state(model), os.path.join(directory, WEIGHTS))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-        os.path.join(directory, OPTIM),
-    )
-    with open(os.path.join(directory, STATE), "w") as f:
-        json.dump(asdict(state), f)
+    if rank == 0:
+        with open(os.path.join(directory, STATE), "w") as f:
+            json.dump(asdict(state), f)
 
 
-def load(directory: str, rank: int, model, optimizer, scheduler) -> TrainState:
-    """Restore what save wrote; the RNG of this rank when present (a world-size change keeps fresh RNG)."""
+def load_position(directory: str, rank: int) -> TrainState:
+    """The loop position, and this rank's RNG when present (a world-size change keeps fresh RNG)."""
     with open(os.path.join(directory, STATE)) as f:
         state = TrainState(**json.load(f))
-    model.load_state_dict(torch.load(os.path.join(directory, WEIGHTS), weights_only=True), strict=False)
-    opt = torch.load(os.path.join(directory, OPTIM), weights_only=False)
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
     rng_path = os.path.join(directory, f"rng_rank{rank}.pt")
     if os.path.exists(rng_path):
         rng = torch.load(rng_path, weights_only=False)
@@ -71,3 +61,24 @@ def load(directory: str, rank: int, model, optimizer, scheduler) -> TrainState:
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
     return state
+
+
+def save(directory: str, rank: int, model, optimizer, scheduler, state: TrainState) -> None:
+    """DDP: the position (save_position), and on rank 0 the trainable weights, optimizer and scheduler."""
+    save_position(directory, rank, state)
+    if rank != 0:
+        return
+    torch.save(trainable_state(model), os.path.join(directory, WEIGHTS))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        os.path.join(directory, OPTIM),
+    )
+
+
+def load(directory: str, rank: int, model, optimizer, scheduler) -> TrainState:
+    """Restore what save wrote."""
+    model.load_state_dict(torch.load(os.path.join(directory, WEIGHTS), weights_only=True), strict=False)
+    opt = torch.load(os.path.join(directory, OPTIM), weights_only=False)
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    return load_position(directory, rank)

@@ -15,7 +15,7 @@ from .lifecycle import LifecycleSpec
 from .model import ModelSpec
 from .peft import LoraSpec, Peft
 from .resources import ResourcesSpec
-from .strategy import DDPStrategy, Strategy
+from .strategy import DDPStrategy, Strategy, strategy_problems
 from .sweep import SweepSpec, sweep_problems
 from .tracking import CheckpointSpec, TrackingSpec
 from .training import TrainingSpec
@@ -120,6 +120,17 @@ class TrainingJobSpec(Spec):
                     f"training.early_stopping.metric '{es.metric}' is not a validation metric of {self.task}; "
                     f"allowed: {', '.join('eval_' + m for m in allowed)}"
                 )
+        problems = strategy_problems(self)
+        if problems:
+            raise ValidationError.from_exception_data(
+                "TrainingJobSpec",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("strategy", "{why}", {"why": why}), loc=loc, input=given
+                    )
+                    for loc, why, given in problems
+                ],
+            )
         if self.sweep is not None:
             self._check_sweep(classification)
         return self

@@ -157,7 +157,7 @@ def problems_from(
     for err in error.errors(include_url=False):
         keys = _clean_loc(err["loc"], data)
         path = ".".join(str(k) for k in keys)
-        problems.append(Problem(path, _message(err, keys), _line(keys, lines or {})))
+        problems.append(Problem(path, _message(err, keys, data), _line(keys, lines or {})))
     return problems
 
 
@@ -180,38 +180,54 @@ def _clean_loc(loc: tuple, data: Any) -> list[str | int]:
     return keys
 
 
-def _message(err: dict, keys: list) -> str:
+def _message(err: dict, keys: list, data: Any = None) -> str:
     kind, msg = err["type"], err["msg"]
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":
-        allowed = _allowed_fields(keys[:-1])
+        allowed = _allowed_fields(keys[:-1], data)
         hint = ""
         if allowed:
             close = difflib.get_close_matches(str(keys[-1]), allowed, n=1)
             hint = (f" (did you mean '{close[0]}'?)" if close else "") + f"; allowed: {', '.join(allowed)}"
         return f"unknown field{hint}"
+    if kind == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return f"type {ctx.get('tag')!r} is not one of: {ctx.get('expected_tags')}"
     given = err.get("input")
     if isinstance(given, (str, int, float, bool)) or given is None:
         return f"got {_show(given)}: {msg}"
     return msg
 
 
-def _allowed_fields(parent: list) -> list[str]:
+def _allowed_fields(parent: list, data: Any = None) -> list[str]:
     model: Any = TrainingJob
     for key in parent:
+        data = data[key] if isinstance(data, (dict, list)) and _has(data, key) else None
         if isinstance(key, int):
             model = _item_type(model)
             continue
         fields = getattr(model, "model_fields", None)
         if not fields or key not in fields:
             return []
-        model = _model_of(fields[key].annotation)
+        model = _model_of(fields[key].annotation, data)
     return sorted(getattr(model, "model_fields", {}) or {})
 
 
-def _model_of(tp: Any) -> Any:
+def _has(container: Any, key: Any) -> bool:
+    return key in container if isinstance(container, dict) else isinstance(key, int) and key < len(container)
+
+
+def _model_of(tp: Any, value: Any = None) -> Any:
+    """The model class for an annotation; for a `type`-tagged union, the member the value's type names."""
+    members = [a for a in _flatten(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(members) > 1:
+        tag = value.get("type") if isinstance(value, dict) else None
+        for m in members:
+            f = m.model_fields.get("type")
+            if tag is not None and f is not None and f.default == tag:
+                return m
     for arg in _flatten(tp):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
