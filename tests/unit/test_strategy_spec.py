@@ -89,6 +89,8 @@ BAD = [
      "do not divide training.batch_size (8)"),
     ({"type": "pipeline", "stages": 8}, {"spec.model": TINY_MODEL, "spec.resources.workers": 8},
      "spec.strategy.stages", "8 stages for a model with 4 decoder layers"),
+    ({"type": "pipeline", "stages": 2, "micro_batches": 1}, {}, "spec.strategy.micro_batches",
+     "1f1b schedule needs at least as many micro-batches as stages (1 < 2)"),
     ({"type": "pipeline", "schedule": "zb"}, {}, "spec.strategy.schedule", "'gpipe' or '1f1b'"),
     ({"type": "pipeline"}, {"spec.task": "sequence_classification", "spec.data.format": "classification"},
      "spec.strategy.type", "pipeline splits causal LMs"),

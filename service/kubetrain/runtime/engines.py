@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -190,7 +192,8 @@ class DeepSpeedEngine(Engine):
         # ranks generating different numbers of tokens would deadlock. Gather once, copy into a plain model.
         with deepspeed.zero.GatheredParameters(list(self.inner.parameters()), modifier_rank=None):
             full = {k: v.detach().clone() for k, v in self.inner.state_dict().items()}
-        whole = self.rebuild()
+        with kept_rng():
+            whole = self.rebuild()
         whole.load_state_dict(full)
         del full
         yield whole
@@ -227,9 +230,10 @@ def make_engine(model, spec, total_steps: int, rank: int, world: int, device, re
 def data_shard(spec, rank: int, world: int) -> tuple[int, int]:
     """(shard, shards) of the training data this rank reads: pipeline stages of one replica read the same."""
     if spec.strategy.type == "pipeline":
-        from .pipeline import data_shard as pipeline_shard
+        from .pipeline import layout
 
-        return pipeline_shard(spec, rank, world)
+        replica, _ = layout(rank, world, spec.strategy.stages)
+        return replica, world // spec.strategy.stages
     return rank, world
 
 
@@ -237,6 +241,19 @@ def prepare_environment(spec, device_type: str) -> None:
     """Before DeepSpeed is imported: on CPU it needs DS_ACCELERATOR=cpu (and then uses gloo)."""
     if spec.strategy.type == "deepspeed" and device_type != "cuda":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@contextlib.contextmanager
+def kept_rng():
+    """Building a model draws from (or reseeds) the global RNGs; training must not notice."""
+    py, npy = random.getstate(), np.random.get_state()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 def build_optimizer(training, parameters, device):

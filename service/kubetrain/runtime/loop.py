@@ -17,7 +17,7 @@ from ..spec import TrainingJob
 from . import data as data_mod
 from . import state as ckpt
 from .channel import Channel
-from .engines import data_shard, make_engine, prepare_environment
+from .engines import data_shard, kept_rng, make_engine, prepare_environment
 from .evaluate import evaluate, exact_match
 from .models import apply_peft, build_model, build_tokenizer, count_parameters, resolve_model_dir
 
@@ -54,7 +54,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     def rebuild():
         """The model as built here, from the same seed (a whole copy for engines that split or shard it)."""
-        with torch.random.fork_rng():
+        with kept_rng():
             _seed(spec.training.seed)
             m = build_model(
                 spec.model,

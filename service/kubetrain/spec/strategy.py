@@ -226,6 +226,15 @@ def strategy_problems(spec) -> list[tuple[tuple, str, Any]]:
         out.append(
             (("training", "precision"), "pipeline supports fp32 and bf16, not fp16 loss scaling", "fp16")
         )
+    if s.schedule == "1f1b" and s.micro_batches < s.stages:
+        out.append(
+            (
+                ("strategy", "micro_batches"),
+                f"the 1f1b schedule needs at least as many micro-batches as stages ({s.micro_batches} < "
+                f"{s.stages}); raise micro_batches or use schedule: gpipe",
+                s.micro_batches,
+            )
+        )
     arch, layers = _architecture(spec.model)
     if arch is not None and arch not in PIPELINE_ARCHITECTURES:
         out.append(
