@@ -66,7 +66,7 @@ def bench_job(name: str, strategy: dict, steps: int, storage: str, job_path: str
     pipeline = strategy["type"] == "pipeline"
     replicas = WORKERS // strategy.get("stages", 1)
     for path, value in {
-        "metadata.name": f"bench-{name}-{int(time.time())}",
+        "metadata.name": f"bench-{name.replace('_', '-')}-{int(time.time())}",
         "spec.strategy": strategy,
         "spec.resources.workers": WORKERS,
         "spec.resources.cpus_per_worker": 1,
@@ -121,6 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kubetrain-bench-") as storage:
         for name in names:
             out[name] = measure(bench_job(name, STRATEGIES[name], args.steps, storage, args.job), args.warmup)
+            print(f"# {name}: {json.dumps({k: v for k, v in out[name].items() if k != 'ranks'})}", flush=True)
     base = out["ddp"]
     print(f"{'strategy':<15}{'samples/s':>11}{'vs ddp':>9}{'max rank MiB':>14}{'vs ddp':>9}  final loss")
     for name, r in out.items():

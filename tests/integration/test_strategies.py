@@ -23,6 +23,16 @@ def losses(result) -> dict[int, float]:
     return {h["step"]: h["train_loss"] for h in result.history if "train_loss" in h}
 
 
+def assert_same_run(result, reference) -> None:
+    """Every step's training loss and the final validation loss equal the reference run's."""
+    assert result.succeeded, result.error
+    ref, got = losses(reference), losses(result)
+    assert sorted(got) == sorted(ref)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], **TOL), step
+    assert result.after["eval_loss"] == pytest.approx(reference.after["eval_loss"], **TOL)
+
+
 def strategy_job(tiny_job, name: str, strategy: dict, **overrides):
     base = {
         "spec__data": {
@@ -76,13 +86,7 @@ def test_zero_stages_follow_the_ddp_loss_trajectory_and_partition_optimizer_stat
     ray_session, tiny_job, ddp_reference, stage
 ):
     result = run(strategy_job(tiny_job, f"zero{stage}", {"type": "deepspeed", "stage": stage}))
-    assert result.succeeded, result.error
-    ref = losses(ddp_reference)
-    got = losses(result)
-    assert sorted(got) == sorted(ref)
-    for step in ref:
-        assert got[step] == pytest.approx(ref[step], **TOL), step
-    assert result.after["eval_loss"] == pytest.approx(ddp_reference.after["eval_loss"], **TOL)
+    assert_same_run(result, ddp_reference)
 
     ddp_opt = ddp_reference.memory[0]["optimizer_bytes"]
     for rank in result.memory:
@@ -153,13 +157,7 @@ def test_two_stage_pipeline_matches_one_process_accumulating_the_same_micro_batc
             tiny_job, f"pp-{schedule}", {**PIPELINE, "schedule": schedule}, spec__training__batch_size=8
         )
     )
-    assert result.succeeded, result.error
-    ref = losses(accumulating_reference)
-    got = losses(result)
-    assert sorted(got) == sorted(ref)
-    for step in ref:
-        assert got[step] == pytest.approx(ref[step], **TOL), step
-    assert result.after["eval_loss"] == pytest.approx(accumulating_reference.after["eval_loss"], **TOL)
+    assert_same_run(result, accumulating_reference)
     # each stage holds about half the weights (embeddings / head make the halves unequal)
     whole = accumulating_reference.memory[0]["param_bytes"]
     assert all(0.2 * whole < m["param_bytes"] < 0.8 * whole for m in result.memory)

@@ -265,7 +265,15 @@ def tokenize(ds, spec: DataSpec, tokenizer, label_names: list[str] | None = None
     cols = ds.column_names
     if spec.format in ("instruction", "chat"):
         fmt = Formatter(spec, tokenizer)
-        return ds.map(fmt.encode, remove_columns=cols, keep_in_memory=True)
+        encoded = ds.map(fmt.encode, remove_columns=cols, keep_in_memory=True)
+        # A prompt that fills max_length leaves no target token: such a record teaches nothing, and a batch
+        # made only of them has a 0/0 loss. Drop them (the rest must remain).
+        kept = encoded.filter(lambda r: any(t != IGNORE for t in r["labels"]), keep_in_memory=True)
+        if len(encoded) and not len(kept):
+            raise ValueError(
+                f"spec.data.max_length: {spec.max_length} tokens leave no response token in any record; raise it"
+            )
+        return kept
     if spec.format == "classification":
         index = {name: i for i, name in enumerate(label_names or [])}
 

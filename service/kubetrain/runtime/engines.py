@@ -38,7 +38,7 @@ class Engine:
         raise NotImplementedError
 
     def lr(self) -> float:
-        raise NotImplementedError
+        return self.scheduler.get_last_lr()[0]
 
     def save(self, directory: str, rank: int, st: ckpt.TrainState) -> None:
         """Called on every rank with its own directory; Ray merges them into one checkpoint."""
@@ -115,9 +115,6 @@ class DDPEngine(Engine):
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm) if norm is not None else None
 
-    def lr(self):
-        return self.scheduler.get_last_lr()[0]
-
     def save(self, directory, rank, st):
         ckpt.save(directory, rank, self.inner, self.optimizer, self.scheduler, st)
 
@@ -166,9 +163,6 @@ class DeepSpeedEngine(Engine):
     def step(self, max_grad_norm):
         norm = self.model.get_global_grad_norm()
         return float(norm) if norm is not None else None
-
-    def lr(self):
-        return self.scheduler.get_last_lr()[0]
 
     def save(self, directory, rank, st):
         # Every rank writes its shard (distinct file names), so Ray's per-rank uploads merge into one checkpoint.

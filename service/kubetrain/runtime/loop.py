@@ -229,14 +229,8 @@ def train_loop_per_worker(config: dict) -> None:
                 channel.emit("eval", step=st.step, tag="periodic", metrics=evaluated)
                 _early_stopping(spec, st, evaluated)
                 if spec.checkpoint.keep_best and st.best_step == st.step:
-                    with engine.whole_model() as whole:
-                        if rank == 0:
-                            _publish_model(
-                                whole,
-                                tokenizer,
-                                config["best_dir"],
-                                info={"step": st.step, "metric": _watched(spec), "value": st.best_metric},
-                            )
+                    info = {"step": st.step, "metric": _watched(spec), "value": st.best_metric}
+                    _publish_model(engine, rank, tokenizer, config["best_dir"], info=info)
             if st.step % ckpt_every == 0 or last or st.stopped_early:
                 _checkpoint(rank, engine, st, evaluated)
             if last or st.stopped_early:
@@ -250,16 +244,16 @@ def train_loop_per_worker(config: dict) -> None:
         channel.emit("eval", step=st.step, tag="final", metrics=final)
     if st.stopped_early:
         channel.emit("stopped_early", step=st.step, best_step=st.best_step, best_metric=st.best_metric)
-    with engine.whole_model() as whole:
-        if rank == 0:
-            _publish_model(
-                whole,
-                tokenizer,
-                config["final_dir"],
-                merge=getattr(spec.peft, "merge_on_save", False),
-                info={"step": st.step, "job": job.name, "strategy": spec.strategy.type},
-            )
-            channel.emit("final", path=config["final_dir"], step=st.step)
+    _publish_model(
+        engine,
+        rank,
+        tokenizer,
+        config["final_dir"],
+        merge=getattr(spec.peft, "merge_on_save", False),
+        info={"step": st.step, "job": job.name, "strategy": spec.strategy.type},
+    )
+    if rank == 0:
+        channel.emit("final", path=config["final_dir"], step=st.step)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -315,7 +309,16 @@ def _checkpoint(rank, engine, st: ckpt.TrainState, metrics: dict) -> None:
         )
 
 
-def _publish_model(model, tokenizer, dest: str, merge: bool = False, info: dict | None = None) -> None:
+def _publish_model(
+    engine, rank: int, tokenizer, dest: str, merge: bool = False, info: dict | None = None
+) -> None:
+    """Collective: the whole model gathered by the engine; rank 0 writes it (see _write_model)."""
+    with engine.whole_model() as whole:
+        if rank == 0:
+            _write_model(whole, tokenizer, dest, merge, info)
+
+
+def _write_model(model, tokenizer, dest: str, merge: bool = False, info: dict | None = None) -> None:
     """The adapter (or full model) and tokenizer, written to a temp dir beside dest and renamed into place,
     so dest is always either the previous complete copy or the new complete copy."""
     import shutil

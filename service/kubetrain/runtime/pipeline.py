@@ -323,9 +323,6 @@ class PipelineEngine(Engine):
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm) if norm is not None else None
 
-    def lr(self):
-        return self.scheduler.get_last_lr()[0]
-
     @torch.no_grad()
     def forward_only(self, input_ids, labels=None):
         """Forward-only pipeline pass over a whole (eval) batch: CausalLMOutput on the last stage, else None."""
