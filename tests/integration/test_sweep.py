@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -183,3 +185,87 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_trials_and_goes_o
         for r in per_trial[trials[2].trial_id]
         if r.data.tags.get("kubetrain.trial.status") == "failed"
     ] == ["FAILED"]
+
+
+def test_pbt_restarts_a_weak_trial_from_a_strong_trials_checkpoint_with_a_perturbed_learning_rate(
+    ray_session, tiny_job
+):
+    from mlflow.tracking import MlflowClient
+
+    # Two trials at once; seed 1 draws learning rates 0.0325 (good) and 0.64 (far too high). Both pause at
+    # their 3rd evaluation (step 6; synch: together, so which one is ahead does not matter); then the worse
+    # restarts from the better's checkpoint, in a new run '<trial>-r1', with the better's learning rate
+    # x0.8 or x1.2 (or a fresh draw), and the better goes on from its own checkpoint, also in a new run.
+    job = sweep(
+        tiny_job,
+        "pbt",
+        {
+            "algorithm": "random",
+            "scheduler": "pbt",
+            "trials": 2,
+            "max_concurrent": 2,
+            "perturbation_interval": 3,
+            "quantile_fraction": 0.5,
+            "synch": True,
+            "seed": 1,
+            "parameters": {"training.learning_rate": {"type": "loguniform", "low": 1e-3, "high": 0.9}},
+        },
+        spec__training__max_steps=8,
+    )
+    result = run(job)
+    assert result.succeeded, result.error
+    assert len(result.trials) == 2 and not [t for t in result.trials if t.status == "failed"]
+
+    client = MlflowClient(result.tracking_uri)
+    runs = {
+        r.data.tags["mlflow.runName"]: r
+        for r in client.search_runs(
+            [client.get_run(result.parent_run_id).info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'",
+        )
+    }
+    restarted = [r for r in runs.values() if r.data.tags.get("kubetrain.restored_from")]
+    first = [r for r in runs.values() if r not in restarted]
+    exploited = [
+        r for r in restarted if r.data.tags["kubetrain.restored_from"] != r.data.tags["kubetrain.trial"]
+    ]
+    assert exploited, "no trial was restarted from another trial's checkpoint"
+    assert sorted(round(float(r.data.params["spec.training.learning_rate"]), 4) for r in first) == [
+        0.0325,
+        0.6425,
+    ]
+    ids = {t.trial_id for t in result.trials}
+    assert len(exploited) == 1 and len(restarted) == 2  # the better trial went on in a new run too
+    assert {
+        exploited[0].data.tags["kubetrain.trial"],
+        exploited[0].data.tags["kubetrain.restored_from"],
+    } == ids
+    for r in restarted:
+        assert re.fullmatch(r"pbt-[0-9a-f]{5}-\d{5}-r1", r.data.tags["mlflow.runName"])
+
+    row, restart = next((t, r) for t in result.trials for r in t.restarts if r["from_trial"] != t.trial_id)
+    assert restart["run"] == exploited[0].data.tags["mlflow.runName"]
+    trials_dir = os.path.join(job.spec.checkpoint.storage, job.name, "trials")
+    donor_run = os.path.basename(os.path.dirname(restart["checkpoint"]))
+    assert os.path.dirname(os.path.dirname(restart["checkpoint"])) == trials_dir
+    assert os.path.isdir(restart["checkpoint"]) and donor_run != restart["run"]
+    # The new run continued from the checkpoint's step, not from scratch
+    donor_step = json.loads(pathlib.Path(restart["checkpoint"], "trainer_state.json").read_text())["step"]
+    assert donor_step == 6 and restart["step"] == donor_step
+
+    # ... and trained with its own (perturbed) learning rate, not the one in the optimizer state it loaded:
+    # at the same step, both runs' logged learning rate is their configured one times the same schedule factor
+    mine, donor = runs[restart["run"]], runs[donor_run]
+    lr_mine, lr_donor = (float(r.data.params["spec.training.learning_rate"]) for r in (mine, donor))
+    assert lr_mine != pytest.approx(lr_donor)
+    logged = {
+        name: {m.step: m.value for m in client.get_metric_history(r.info.run_id, "learning_rate")}
+        for name, r in (("mine", mine), ("donor", donor))
+    }
+    step = donor_step + 1
+    assert min(logged["mine"]) == step
+    if step in logged["donor"]:
+        assert logged["mine"][step] / lr_mine == pytest.approx(logged["donor"][step] / lr_donor, rel=1e-6)
+    else:  # the donor was itself restarted before this step: compare the factor with the cosine schedule
+        total = job.spec.training.max_steps
+        assert logged["mine"][step] / lr_mine == pytest.approx(0.5 * (1 + math.cos(math.pi * step / total)))

@@ -62,6 +62,7 @@ ALGORITHMS = [
     ("random", {}, "BasicVariantGenerator"),
     ("tpe", {}, "OptunaSearch"),
     ("hyperopt", {}, "HyperOptSearch"),
+    ("bohb", {"scheduler": "hyperband"}, "TuneBOHB"),
     ("tpe", {"second_objective": {"metric": "eval_token_accuracy", "mode": "max"}}, "OptunaSearch"),
 ]
 
@@ -81,8 +82,10 @@ def test_each_algorithm_builds_its_searcher(algorithm, extra, cls):
     assert limited.max_concurrent == 3
     if algorithm == "tpe":
         assert searcher._sampler._n_startup_trials == 2  # 8 trials: a third, at least 2
-    if extra:
+    if "second_objective" in extra:
         assert searcher._metric == ["eval_loss", "eval_token_accuracy"] and searcher._mode == ["min", "max"]
+    if algorithm == "bohb":
+        assert searcher._seed == 1
 
 
 def test_grid_algorithm_uses_the_variant_generator():
@@ -96,6 +99,7 @@ SCHEDULERS = [
     ("asha", "AsyncHyperBandScheduler", 1, 5),
     ("hyperband", "AsyncHyperBandScheduler", 3, 5),
     ("median", "MedianStoppingRule", None, None),
+    ("pbt", "PopulationBasedTraining", None, None),
 ]
 
 
@@ -106,6 +110,7 @@ def test_each_scheduler_counts_time_in_evaluations(name, cls, brackets, max_t):
         scheduler=name,
         grace_period=2,
         reduction_factor=2,
+        **({"algorithm": "random", "perturbation_interval": 2, "trials": 2} if name == "pbt" else {}),
     )
     sched = space.scheduler(job.spec.sweep, space.max_evaluations(job))
     assert type(sched).__name__ == cls
@@ -115,6 +120,113 @@ def test_each_scheduler_counts_time_in_evaluations(name, cls, brackets, max_t):
         assert sched._time_attr == "training_iteration" and sched._reduction_factor == 2
     if name == "median":
         assert sched._time_attr == "training_iteration" and sched._grace_period == 2
+    if name == "pbt":
+        assert sched._time_attr == "training_iteration" and sched._perturbation_interval == 2
+
+
+def test_bohb_runs_hyperband_as_hyperband_for_bohb():
+    job, _ = sweep_of(
+        {"training.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+        algorithm="bohb",
+        scheduler="hyperband",
+        reduction_factor=2,
+    )
+    sched = space.scheduler(job.spec.sweep, space.max_evaluations(job))
+    assert type(sched).__name__ == "HyperBandForBOHB"
+    assert (sched._time_attr, sched._max_t_attr, sched._eta) == ("training_iteration", 5, 2)
+
+
+PBT_PARAMETERS = {
+    "training.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+    "training.weight_decay": {"type": "uniform", "low": 0.0, "high": 0.1},
+    "training.max_grad_norm": {"type": "choice", "values": [0.5, 1.0, 2.0]},
+    "training.seed": {"type": "choice", "values": [1, 2]},  # drawn once: not mutated
+}
+
+
+def test_pbt_mutates_the_mid_run_parameters_within_their_bounds():
+    import random
+
+    job, spec = sweep_of(
+        PBT_PARAMETERS,
+        algorithm="random",
+        scheduler="pbt",
+        quantile_fraction=0.5,
+        trials=2,
+        max_concurrent=2,
+        synch=True,
+    )
+    sched = space.scheduler(job.spec.sweep, space.max_evaluations(job))
+    mutations = sched._hyperparam_mutations
+    assert sorted(mutations) == ["training.learning_rate", "training.max_grad_norm", "training.weight_decay"]
+    assert type(mutations["training.learning_rate"].get_sampler()).__name__ == "_LogUniform"
+    assert (mutations["training.weight_decay"].lower, mutations["training.weight_decay"].upper) == (0.0, 0.1)
+    assert mutations["training.max_grad_norm"] == [0.5, 1.0, 2.0]
+    assert sched._quantile_fraction == 0.5 and sched._synch is True
+    # Tune's own explore step (x1.2 / x0.8 or a resample), then our clamp: never outside the search space
+    from ray.tune.schedulers.pbt import _explore
+
+    random.seed(0)
+    top = {
+        "training.learning_rate": 1e-2,
+        "training.weight_decay": 0.1,
+        "training.max_grad_norm": 2.0,
+        "training.seed": 2,
+    }
+    seen = set()
+    for _ in range(40):
+        new, ops = _explore(top, mutations, 0.25, (1.2, 0.8), sched._custom_explore_fn)
+        assert 1e-4 <= new["training.learning_rate"] <= 1e-2 and 0.0 <= new["training.weight_decay"] <= 0.1
+        assert new["training.max_grad_norm"] in (1.0, 2.0) or ops["training.max_grad_norm"] == "resample"
+        assert new["training.seed"] == 2  # copied from the trial it restarts from
+        seen.add(new["training.learning_rate"])
+    assert 1e-2 in seen and 1e-2 * 0.8 in seen  # clamped up-perturbation and a down-perturbation
+
+
+@pytest.mark.parametrize(
+    "config,bounds,expected",
+    [
+        ({"a": 1.5, "b": 3}, {"a": (0.0, 1.0), "b": (1, 2)}, {"a": 1.0, "b": 2}),
+        ({"a": -0.1}, {"a": (0.0, 1.0)}, {"a": 0.0}),
+        ({"a": 0.5, "c": "x"}, {"a": (0.0, 1.0)}, {"a": 0.5, "c": "x"}),
+        ({"a": None}, {"a": (0.0, 1.0)}, {"a": None}),
+    ],
+)
+def test_clamp(config, bounds, expected):
+    got = space.clamp(dict(config), bounds)
+    assert got == expected and all(type(got[k]) is type(expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize(
+    "scheduler,keep_last,expected",
+    [
+        ("pbt", 1, 5),  # 4 evaluations + 1: any evaluation's checkpoint may be restarted from later
+        ("pbt", 9, 9),
+        ("asha", 1, 1),
+    ],
+)
+def test_pbt_trials_keep_every_evaluation_checkpoint(scheduler, keep_last, expected):
+    data = copy.deepcopy(MINIMAL)
+    data["spec"]["training"] = {"max_steps": 10, "eval_every": 3}
+    data["spec"]["checkpoint"] = {"keep_last": keep_last}
+    data["spec"]["sweep"] = {
+        "algorithm": "random",
+        "scheduler": scheduler,
+        "trials": 2,
+        "parameters": {"training.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+    }
+    job = validate_job(data)
+    assert space.trial_keep_last(job) == expected
+    trial = space.trial_job(
+        job.model_dump(mode="json", exclude_none=True),
+        {},
+        name="t-1",
+        storage="/tmp/s",
+        experiment="e",
+        parent_name="t",
+        keep_last=space.trial_keep_last(job),
+    )
+    assert trial.spec.checkpoint.keep_last == expected
 
 
 @pytest.mark.parametrize(
@@ -177,10 +289,13 @@ def test_runnable_yaml_is_a_valid_job_without_a_sweep():
         ("lora", "a1b2c3d4", "lora-a1b2c3d4"),
         ("lora", "a1b2c_00003", "lora-a1b2c-00003"),
         ("x" * 63, "a1b2c3d4", "x" * 54 + "-a1b2c3d4"),
+        ("lora", "a1b2c_00003:2", "lora-a1b2c-00003-r2"),  # the 2nd restart from another trial (pbt)
+        ("x" * 63, "a1b2c3d4:12", "x" * 50 + "-a1b2c3d4-r12"),
     ],
 )
 def test_trial_names_are_rfc1123_labels(sweep_name, trial_id, expected):
-    name = space.trial_name(sweep_name, trial_id)
+    trial_id, _, segment = trial_id.partition(":")
+    name = space.trial_name(sweep_name, trial_id, int(segment or 0))
     assert name == expected and len(name) <= 63
 
 

@@ -174,16 +174,16 @@ BAD = [
     ),
     ({"parameters": {}}, {}, "spec.sweep.parameters", "at least 1 item"),
     (
-        {"algorithm": "bohb", "parameters": {"training.learning_rate": LR}},
+        {"algorithm": "smac", "parameters": {"training.learning_rate": LR}},
         {},
         "spec.sweep.algorithm",
-        "'random', 'grid', 'tpe' or 'hyperopt'",
+        "'random', 'grid', 'tpe', 'hyperopt' or 'bohb'",
     ),
     (
-        {"scheduler": "pbt", "parameters": {"training.learning_rate": LR}},
+        {"scheduler": "pb2", "parameters": {"training.learning_rate": LR}},
         {},
         "spec.sweep.scheduler",
-        "'fifo', 'asha', 'hyperband' or 'median'",
+        "'fifo', 'asha', 'hyperband', 'median' or 'pbt'",
     ),
     (
         {"algorithm": "grid", "parameters": {"training.learning_rate": LR}},
@@ -242,6 +242,186 @@ BAD = [
 
 @pytest.mark.parametrize("sweep,spec,path,fragment", BAD, ids=[b[2] + ":" + b[3][:24] for b in BAD])
 def test_bad_sweeps_name_the_path(sweep, spec, path, fragment):
+    with pytest.raises(SpecError) as info:
+        validate_job(sweep_job(sweep, **spec))
+    problems = info.value.problems
+    assert any(p.path == path and fragment in p.message for p in problems), [p.render() for p in problems]
+
+
+EVALUATED = {"training": {"max_steps": 12, "eval_every": 3}}
+PBT = {"algorithm": "random", "scheduler": "pbt", "trials": 4, "max_concurrent": 4}
+BOHB = {"algorithm": "bohb", "scheduler": "hyperband", "trials": 4}
+
+EXCHANGING_GOOD = [
+    # (sweep, extra spec): pbt and bohb restart trials from checkpoints of evaluations
+    ({**PBT, "parameters": {"training.learning_rate": LR}}, EVALUATED),
+    (
+        {
+            **PBT,
+            "algorithm": "grid",
+            "trials": None,
+            "perturbation_interval": 1,
+            "quantile_fraction": 0.5,
+            "parameters": {
+                "training.learning_rate": {"type": "grid", "values": [1e-4, 1e-3]},
+                "training.seed": {"type": "grid", "values": [1, 2]},  # drawn once, copied with a checkpoint
+            },
+        },
+        EVALUATED,
+    ),
+    (
+        {**PBT, "parameters": {"training.weight_decay": {"type": "uniform", "low": 0, "high": 0.1}}},
+        {"training": {"max_steps": 12, "eval_every": 4}, "checkpoint": {"every": 2}},
+    ),
+    (
+        {
+            **BOHB,
+            "parameters": {"training.learning_rate": LR, "peft.r": {"type": "choice", "values": [4, 8]}},
+        },
+        EVALUATED,
+    ),
+    (
+        {**BOHB, "parameters": {"training.max_steps": {"type": "int", "low": 6, "high": 12}}},
+        {"training": {"max_steps": 12, "eval_every": 3, "warmup_steps": 0}},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "sweep,spec", EXCHANGING_GOOD, ids=[f"{s['algorithm']}+{s['scheduler']}" for s, _ in EXCHANGING_GOOD]
+)
+def test_good_pbt_and_bohb_sweeps_validate(sweep, spec):
+    s = validate_job(sweep_job({k: v for k, v in sweep.items() if v is not None}, **spec)).spec.sweep
+    assert s.exchanges_checkpoints
+    assert s.pbt_mutations() == (
+        [p for p in s.parameters if p in ("training.learning_rate", "training.weight_decay")]
+        if s.scheduler == "pbt"
+        else []
+    )
+
+
+EXCHANGING_BAD = [
+    # (sweep, extra spec, expected problem path, a fragment of the message)
+    (
+        {**PBT, "algorithm": "tpe", "parameters": {"training.learning_rate": LR}},
+        EVALUATED,
+        "spec.sweep",
+        "use algorithm random or grid",
+    ),
+    (
+        {
+            **PBT,
+            "parameters": {"training.learning_rate": LR, "peft.lora.r": {"type": "choice", "values": [4, 8]}},
+        },
+        EVALUATED,
+        "spec.sweep.parameters.peft.lora.r",
+        "peft.lora.r, which shapes the model, cannot vary",
+    ),
+    (
+        {
+            **PBT,
+            "parameters": {
+                "training.learning_rate": LR,
+                "model.from_config.hidden_size": {"type": "choice", "values": [32, 64]},
+            },
+        },
+        EVALUATED,
+        "spec.sweep.parameters.model.from_config.hidden_size",
+        "which shapes the model",
+    ),
+    (
+        {**PBT, "parameters": {"training.seed": {"type": "choice", "values": [1, 2]}}},
+        EVALUATED,
+        "spec.sweep",
+        "needs a parameter that may change mid-run: one of training.learning_rate",
+    ),
+    (
+        {
+            **PBT,
+            "parameters": {
+                "training.learning_rate": LR,
+                "training.eval_every": {"type": "choice", "values": [2, 3]},
+            },
+        },
+        EVALUATED,
+        "spec.sweep",
+        "training.eval_every cannot vary",
+    ),
+    (
+        {**PBT, "parameters": {"training.learning_rate": LR}},
+        {"training": {"max_steps": 12}},
+        "spec.training.eval_every",
+        "scheduler pbt counts time in evaluations",
+    ),
+    (
+        {**PBT, "parameters": {"training.learning_rate": LR}},
+        {**EVALUATED, "checkpoint": {"every": 2}},
+        "spec.checkpoint.every",
+        "checkpoint.every (2) must divide training.eval_every (3)",
+    ),
+    (
+        {**PBT, "quantile_fraction": 0.6, "parameters": {"training.learning_rate": LR}},
+        EVALUATED,
+        "spec.sweep.quantile_fraction",
+        "less than or equal to 0.5",
+    ),
+    (
+        {**PBT, "perturbation_interval": 0, "parameters": {"training.learning_rate": LR}},
+        EVALUATED,
+        "spec.sweep.perturbation_interval",
+        "greater than or equal to 1",
+    ),
+    (
+        {**PBT, "max_concurrent": 3, "parameters": {"training.learning_rate": LR}},
+        EVALUATED,
+        "spec.sweep",
+        "max_concurrent (3) must be at least the number of trials (4)",
+    ),
+    (
+        {
+            **PBT,
+            "algorithm": "grid",
+            "trials": None,
+            "parameters": {
+                "training.learning_rate": {"type": "grid", "values": [1e-4, 1e-3, 1e-2]},
+                "training.seed": {"type": "grid", "values": [1, 2]},
+            },
+        },
+        EVALUATED,
+        "spec.sweep",
+        "max_concurrent (4) must be at least the number of trials (6)",
+    ),
+    (
+        {**BOHB, "scheduler": "asha", "parameters": {"training.learning_rate": LR}},
+        EVALUATED,
+        "spec.sweep",
+        "algorithm bohb needs scheduler hyperband (run as HyperBandForBOHB), not asha",
+    ),
+    (
+        {**BOHB, "scheduler": "fifo", "parameters": {"training.learning_rate": LR}},
+        EVALUATED,
+        "spec.sweep",
+        "not fifo",
+    ),
+    (
+        {**BOHB, "parameters": {"training.learning_rate": LR}},
+        {"training": {"epochs": 2, "eval_every": 3}},
+        "spec.training.max_steps",
+        "algorithm bohb plans HyperBand brackets",
+    ),
+    (
+        {**BOHB, "parameters": {"peft.r": {"type": "grid", "values": [4, 8]}}},
+        EVALUATED,
+        "spec.sweep",
+        "use type choice with bohb",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "sweep,spec,path,fragment", EXCHANGING_BAD, ids=[b[2] + ":" + b[3][:24] for b in EXCHANGING_BAD]
+)
+def test_bad_pbt_and_bohb_sweeps_name_the_field(sweep, spec, path, fragment):
     with pytest.raises(SpecError) as info:
         validate_job(sweep_job(sweep, **spec))
     problems = info.value.problems

@@ -12,6 +12,7 @@ import contextlib
 import glob
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ from .tracking import Tracker, git_commit, versions
 
 TRIAL_DRIVER_CPUS = 0.1
 MONITORS: dict[str, SweepMonitor] = {}
+EXCHANGE_FILE = "kubetrain_trial.json"  # the whole Tune checkpoint: which Ray Train checkpoint to start from
+CHECKPOINT_WAIT_S = 120.0
 
 
 @dataclass
@@ -44,6 +47,7 @@ class TrialRow:
     error: str | None = None
     history: list = field(default_factory=list)  # [{"time", "step", "iteration", metric...}]
     placement_group: str | None = None  # of the trial's Ray Train workers
+    restarts: list = field(default_factory=list)  # pbt: [{"from_trial", "checkpoint", "step", "run"}]
 
 
 @dataclass
@@ -112,12 +116,38 @@ class SweepMonitor:
 
     def on_start(self, trial) -> None:
         row = self._row(trial)
+        if row.status == "running":  # restarted without our seeing the pause: its old run is gone
+            self._retire(row)
         row.status = "running"
+        row.params = _params(trial.config)  # pbt changes a restarted trial's config
+        self.console.update(self.rows)
+
+    def on_pause(self, trial) -> None:
+        """A paused trial (pbt exploit, HyperBandForBOHB rung): its run was ended; a restart runs anew."""
+        row = self._row(trial)
+        if row.status != "running":
+            return
+        row.status = "paused"
+        self._close_child(row, "KILLED")
+        self._retire(row)
+        row.placement_group = None
+        self.save()
         self.console.update(self.rows)
 
     def on_result(self, trial, result: dict) -> None:
         row = self._row(trial)
         row.status = "running"
+        row.params = _params(trial.config)
+        if result.get("restored_from") and result.get("run_name") not in [r["run"] for r in row.restarts]:
+            row.restarts.append(
+                {
+                    "from_trial": result["restored_from"],
+                    "checkpoint": result.get("init_checkpoint", ""),
+                    "step": int(result.get("start_step", 0)),
+                    "run": result.get("run_name", ""),
+                    "iteration": int(result.get("training_iteration", 0)),
+                }
+            )
         row.iteration = int(result.get("training_iteration", row.iteration))
         row.step = int(result.get("step", row.step))
         row.mlflow_run_id = result.get("mlflow_run_id") or row.mlflow_run_id
@@ -218,6 +248,12 @@ class Forward(Callback):
     def __init__(self, key: str):
         self.key = key
 
+    def on_step_begin(self, iteration, trials, **info):  # Tune has no pause event: look for paused trials
+        if m := MONITORS.get(self.key):
+            for trial in trials:
+                if trial.status == "PAUSED":
+                    m.on_pause(trial)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         if m := MONITORS.get(self.key):
             m.on_start(trial)
@@ -261,47 +297,127 @@ def _trial(
     local_root: str,
     parent_run_id: str | None,
     worker_env: dict | None,
+    exchange: bool = False,
+    keep_last: int | None = None,
 ) -> None:
-    """The Tune function trainable: one Ray Train run of the job with `config` applied; reports each evaluation."""
+    """The Tune function trainable: one Ray Train run of the job with `config` applied; reports each evaluation.
+
+    With exchange (pbt, bohb), each report carries a small Tune checkpoint naming the Ray Train checkpoint of
+    that evaluation. A trial Tune starts with a checkpoint (another trial's after a pbt exploit, with a
+    perturbed config; its own after a pause) runs a new segment, '<trial>-r<n>', from that Ray Train
+    checkpoint (run_job's init_checkpoint).
+    """
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
+    name = space.trial_name(sweep_name, trial_id)
+    start: dict = {}
+    if exchange and (given := tune.get_checkpoint()) is not None:
+        start = restart_point(given, trial_id, sweep_name, trials_root)
+        name = start["run_name"]
     job = space.trial_job(
         base,
         config,
-        name=space.trial_name(sweep_name, trial_id),
+        name=name,
         storage=trials_root,
         experiment=experiment,
         parent_name=sweep_name,
+        keep_last=keep_last,
     )
-    info: dict = {}
+    info: dict = {"run_name": name}
+    if start.get("restored_from"):
+        info.update(restored_from=start["restored_from"], init_checkpoint=start["init_checkpoint"])
     last: list[dict] = []
+
+    def report(metrics: dict) -> None:
+        if not exchange:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="kubetrain-tune-") as tmp:
+            with open(os.path.join(tmp, EXCHANGE_FILE), "w") as f:
+                json.dump(
+                    {
+                        "trial_id": trial_id,
+                        "run_name": name,
+                        "step": metrics["step"],
+                        "train_checkpoint": train_checkpoint_dir(info["run_dir"], metrics["step"]),
+                    },
+                    f,
+                )
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def on_event(ev: dict) -> None:
         if ev["kind"] == "run":
             info.update(mlflow_run_id=ev["mlflow_run_id"] or "", run_dir=ev["run_dir"])
         elif ev["kind"] == "start":
-            info.update(total_steps=ev["total_steps"], placement_group=ev.get("placement_group") or "")
+            info.update(
+                total_steps=ev["total_steps"],
+                start_step=ev["step"],
+                placement_group=ev.get("placement_group") or "",
+            )
         elif ev["kind"] == "eval" and ev.get("tag") == "periodic" and ev.get("metrics"):
-            report = {**ev["metrics"], "step": ev["step"], **info}
+            metrics = {**ev["metrics"], "step": ev["step"], **info}
             if ev["step"] >= info.get("total_steps", float("inf")):
-                last.append(report)  # held until the run has saved its model and closed its MLflow run
+                last.append(metrics)  # held until the run has saved its model and closed its MLflow run
             else:
-                tune.report(report)
+                report(metrics)
 
+    if start.get("init_checkpoint"):
+        _wait_for_checkpoint(start["init_checkpoint"])
     result = run_job(
         job,
         local_root=local_root,
         show=False,
         parent_run_id=parent_run_id,
-        extra_tags={"kubetrain.sweep": sweep_name, "kubetrain.trial": trial_id},
+        extra_tags={
+            "kubetrain.sweep": sweep_name,
+            "kubetrain.trial": trial_id,
+            **({"kubetrain.restored_from": start["restored_from"]} if start.get("restored_from") else {}),
+        },
         worker_env=worker_env,
         on_event=on_event,
+        init_checkpoint=start.get("init_checkpoint"),
     )
     if not result.succeeded:
         raise RuntimeError(result.error or "the trial's training run failed")
     if last:
-        tune.report({**last[-1], "trial_finished": 1})
+        report({**last[-1], "trial_finished": 1})
+
+
+def train_checkpoint_dir(run_dir: str, step: int) -> str:
+    """The Ray Train checkpoint a run writes at `step` (runtime/loop.py names them checkpoint_<step:08d>)."""
+    return os.path.join(run_dir, f"checkpoint_{step:08d}")
+
+
+def restart_point(checkpoint, trial_id: str, sweep_name: str, trials_root: str) -> dict:
+    """Where a trial Tune (re)starts from a checkpoint runs: {"run_name", "init_checkpoint", "restored_from"}.
+
+    Always a new run, '<trial>-r<n>' (the next free n), started from the checkpoint's evaluation: another
+    trial's (pbt exploit) or its own (it was paused, or the sweep resumed), so the run's steps continue from
+    the evaluation Tune counted last, whatever the paused run did after it.
+    """
+    with checkpoint.as_directory() as d:
+        with open(os.path.join(d, EXCHANGE_FILE)) as f:
+            saved = json.load(f)
+    segment = 1
+    while os.path.exists(os.path.join(trials_root, space.trial_name(sweep_name, trial_id, segment))):
+        segment += 1
+    return {
+        "run_name": space.trial_name(sweep_name, trial_id, segment),
+        "init_checkpoint": saved["train_checkpoint"],
+        "restored_from": saved["trial_id"],
+    }
+
+
+def _wait_for_checkpoint(path: str, timeout_s: float = CHECKPOINT_WAIT_S) -> None:
+    """The other trial reported its evaluation before its Ray Train checkpoint of that step was stored."""
+    from .state import STATE
+
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(os.path.join(path, STATE)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the checkpoint to restart from, {path}, did not appear in {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 def run_sweep(
@@ -346,6 +462,15 @@ def run_sweep(
         tracker.end("FAILED")
         return result
     concurrency = space.fitting_concurrency(sweep.max_concurrent, cpus, per_trial)
+    if sweep.scheduler == "pbt" and concurrency < sweep.population:
+        msg = (
+            f"scheduler pbt trains its {sweep.population} trials together, but the Ray cluster's {cpus:g} CPUs "
+            f"fit {concurrency} (each needs {per_trial:g}): lower trials or resources.cpus_per_worker"
+        )
+        result.error = msg
+        console.say(f"[red]error:[/red] {msg}")
+        tracker.end("FAILED")
+        return result
     if concurrency < sweep.max_concurrent:
         console.say(
             f"max_concurrent lowered to {concurrency}: each trial needs {per_trial:g} of {cpus:g} CPUs"
@@ -362,6 +487,8 @@ def run_sweep(
             local_root=local_root,
             parent_run_id=tracker.run_id,
             worker_env=worker_env,
+            exchange=sweep.exchanges_checkpoints,
+            keep_last=space.trial_keep_last(job),
         ),
         {"cpu": TRIAL_DRIVER_CPUS},
     )
@@ -431,6 +558,12 @@ def _finish(job: TrainingJob, monitor: SweepMonitor, result: SweepResult, starte
                 f"# Best trial {best.trial_id} of sweep {job.name}: {sweep.metric} "
                 f"{best.metrics[sweep.metric]:.6g}\n"
             )
+            exploits = [r for r in best.restarts if r["from_trial"] != best.trial_id]
+            if exploits:
+                f.write(
+                    f"# pbt: these are the trial's last hyperparameters; its model was trained under a schedule "
+                    f"of them, restarted {len(exploits)} time(s) from other trials (sweep.json)\n"
+                )
             yaml.safe_dump(data, f, sort_keys=False)
         tracker.log_metrics({f"best_{k}": v for k, v in best.metrics.items()}, best.step)
         tracker.set_tags(

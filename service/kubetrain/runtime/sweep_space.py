@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Any
 
@@ -38,7 +39,8 @@ def searcher(sweep: SweepSpec, max_concurrent: int):
     """The Tune search algorithm, capped at max_concurrent running trials.
 
     random and grid: Tune's basic variant generator; tpe: Optuna TPE (multi-objective with a second
-    objective); hyperopt: HyperOpt TPE. Single-objective metric and mode are left to TuneConfig.
+    objective); hyperopt: HyperOpt TPE; bohb: TuneBOHB (hpbandster's KDE model). pbt draws its
+    population with random or grid. Single-objective metric and mode are left to TuneConfig.
     """
     from ray.tune.search import ConcurrencyLimiter
 
@@ -58,6 +60,10 @@ def searcher(sweep: SweepSpec, max_concurrent: int):
         else:
             found = OptunaSearch(sampler=sampler)
         return ConcurrencyLimiter(found, max_concurrent=max_concurrent)
+    if sweep.algorithm == "bohb":
+        from ray.tune.search.bohb import TuneBOHB
+
+        return ConcurrencyLimiter(TuneBOHB(seed=sweep.seed), max_concurrent=max_concurrent)
     if sweep.algorithm == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
 
@@ -80,10 +86,27 @@ def scheduler(sweep: SweepSpec, max_evaluations: int | None):
 
     max_t is one more than the evaluations a trial makes, so ASHA never stops a trial merely for finishing.
     """
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
+    from ray.tune.schedulers import (
+        AsyncHyperBandScheduler,
+        FIFOScheduler,
+        HyperBandForBOHB,
+        MedianStoppingRule,
+        PopulationBasedTraining,
+    )
 
     max_t = (max_evaluations + 1) if max_evaluations else UNBOUNDED_EVALS
     common = {"time_attr": "training_iteration"}  # metric and mode come from TuneConfig
+    if sweep.scheduler == "pbt":
+        return PopulationBasedTraining(
+            **common,
+            perturbation_interval=sweep.perturbation_interval,
+            hyperparam_mutations=pbt_mutations(sweep),
+            quantile_fraction=sweep.quantile_fraction,
+            custom_explore_fn=functools.partial(clamp, bounds=parameter_bounds(sweep)),
+            synch=sweep.synch,
+        )
+    if sweep.scheduler == "hyperband" and sweep.algorithm == "bohb":  # synchronous: pauses trials at rungs
+        return HyperBandForBOHB(**common, max_t=max_t, reduction_factor=sweep.reduction_factor)
     if sweep.scheduler in ("asha", "hyperband"):  # hyperband: asynchronous, ASHA over 3 brackets
         return AsyncHyperBandScheduler(
             **common,
@@ -95,6 +118,48 @@ def scheduler(sweep: SweepSpec, max_evaluations: int | None):
     if sweep.scheduler == "median":
         return MedianStoppingRule(**common, grace_period=sweep.grace_period, min_samples_required=2)
     return FIFOScheduler()
+
+
+def pbt_mutations(sweep: SweepSpec) -> dict[str, Any]:
+    """{path: what PBT resamples from}: a Tune domain for ranges (perturbed by x0.8 / x1.2), a list for choices."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for path in sweep.pbt_mutations():
+        d = sweep.parameters[path]
+        if d.type == "uniform":
+            out[path] = tune.uniform(d.low, d.high)
+        elif d.type == "loguniform":
+            out[path] = tune.loguniform(d.low, d.high)
+        elif d.type == "int":
+            out[path] = (tune.lograndint if d.log else tune.randint)(d.low, d.high + 1)
+        else:  # choice, grid: PBT shifts to a neighbouring value or resamples the list
+            out[path] = list(d.values)
+    return out
+
+
+def parameter_bounds(sweep: SweepSpec) -> dict[str, tuple[float, float]]:
+    """{path: (low, high)} of the range parameters: a perturbation (x1.2) must not leave the search space."""
+    return {
+        p: (d.low, d.high) for p, d in sweep.parameters.items() if d.type in ("uniform", "loguniform", "int")
+    }
+
+
+def clamp(config: dict, bounds: dict[str, tuple[float, float]]) -> dict:
+    """PBT's custom_explore_fn: perturbed values clipped into their distribution's [low, high]."""
+    for path, (low, high) in bounds.items():
+        if config.get(path) is not None:
+            config[path] = type(config[path])(min(max(config[path], low), high))
+    return config
+
+
+def trial_keep_last(job: TrainingJob) -> int:
+    """Checkpoints each pbt trial keeps: all its evaluations', as another trial may restart from any of them
+    later (the Tune checkpoint only records the path); the spec's keep_last otherwise."""
+    keep = job.spec.checkpoint.keep_last
+    if job.spec.sweep is None or job.spec.sweep.scheduler != "pbt":
+        return keep
+    return max(keep, min(1000, (max_evaluations(job) or 1000) + 1))
 
 
 def max_evaluations(job: TrainingJob) -> int | None:
@@ -110,7 +175,14 @@ def max_evaluations(job: TrainingJob) -> int | None:
 
 
 def trial_job(
-    base: dict, params: dict[str, Any], *, name: str, storage: str, experiment: str, parent_name: str
+    base: dict,
+    params: dict[str, Any],
+    *,
+    name: str,
+    storage: str,
+    experiment: str,
+    parent_name: str,
+    keep_last: int | None = None,
 ) -> TrainingJob:
     """The TrainingJob one trial runs: the sweep's job with params set, no sweep, its own name and storage."""
     data = copy.deepcopy(base)
@@ -125,6 +197,8 @@ def trial_job(
     tracking = data["spec"].setdefault("tracking", {})
     tracking.update({"experiment": experiment, "run_name": name})
     data["spec"].setdefault("checkpoint", {})["storage"] = storage
+    if keep_last is not None:
+        data["spec"]["checkpoint"]["keep_last"] = keep_last
     return validate_job(data)
 
 
@@ -139,9 +213,12 @@ def runnable_yaml_data(base: dict, params: dict[str, Any], name: str) -> dict:
     return data
 
 
-def trial_name(sweep_name: str, trial_id: str) -> str:
-    """An RFC 1123 job name for a trial: '<sweep>-<tune trial id>' within 63 characters."""
-    tid = trial_id.replace("_", "-").lower()
+def trial_name(sweep_name: str, trial_id: str, segment: int = 0) -> str:
+    """An RFC 1123 job name for a trial: '<sweep>-<tune trial id>' within 63 characters.
+
+    segment > 0 names the n-th restart of the trial from another trial's checkpoint (pbt): '...-r<n>'.
+    """
+    tid = trial_id.replace("_", "-").lower() + (f"-r{segment}" if segment else "")
     return f"{sweep_name[: 62 - len(tid)].rstrip('-')}-{tid}"
 
 

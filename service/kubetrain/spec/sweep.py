@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, Tag, ValidationError, model_validator
@@ -17,6 +18,10 @@ from .base import Spec, type_discriminator
 
 # Sections a sweep may not vary: they say where and how trials run, not what they learn.
 FIXED_SECTIONS = ("sweep", "checkpoint", "tracking", "resources", "lifecycle", "env")
+# What PBT may change in a running trial (the next segment starts from another trial's checkpoint with it).
+PBT_MUTABLE = ("training.learning_rate", "training.weight_decay", "training.max_grad_norm")
+# What a checkpoint is shaped by: a trial restarted from another's checkpoint must share these.
+PBT_SHAPE_SECTIONS = ("model", "peft")
 SCALAR = Union[bool, int, float, str, None]
 
 
@@ -85,15 +90,21 @@ class SweepSpec(Spec):
         description="Search space keyed by dotted paths relative to spec (training.learning_rate, peft.r, "
         "training.warmup_ratio); each a distribution: uniform, loguniform, int, choice or grid.",
     )
-    algorithm: Literal["random", "grid", "tpe", "hyperopt"] = Field(
+    algorithm: Literal["random", "grid", "tpe", "hyperopt", "bohb"] = Field(
         "tpe",
         description="random: independent samples; grid: every combination of grid values; "
-        "tpe: Optuna's Bayesian TPE (default); hyperopt: HyperOpt's TPE.",
+        "tpe: Optuna's Bayesian TPE (default); hyperopt: HyperOpt's TPE; "
+        "bohb: BOHB (needs scheduler hyperband, which it runs as HyperBandForBOHB).",
     )
-    scheduler: Literal["fifo", "asha", "hyperband", "median"] = Field(
+    scheduler: Literal["fifo", "asha", "hyperband", "median", "pbt"] = Field(
         "fifo",
         description="fifo: every trial runs to the end; asha: asynchronous successive halving; "
-        "hyperband: asynchronous HyperBand (ASHA over 3 brackets); median: stop trials below the running median.",
+        "hyperband: asynchronous HyperBand (ASHA over 3 brackets; synchronous HyperBandForBOHB with "
+        "algorithm bohb); median: stop trials below the running median; pbt: Population Based Training "
+        "(algorithm random or grid draws the population, which trains together: max_concurrent >= trials; "
+        "every perturbation_interval evaluations the "
+        "worst quantile_fraction of trials restart from a best trial's checkpoint with its "
+        f"{', '.join(PBT_MUTABLE)} perturbed).",
     )
     trials: int | None = Field(
         None,
@@ -121,6 +132,24 @@ class SweepSpec(Spec):
         gt=1.0,
         le=16.0,
         description="asha / hyperband: keep 1/reduction_factor of the trials at each rung.",
+    )
+    perturbation_interval: int = Field(
+        2,
+        ge=1,
+        le=10_000,
+        description="pbt: evaluations (training.eval_every steps each) between a trial's perturbations; "
+        "each evaluation saves a checkpoint another trial can restart from.",
+    )
+    quantile_fraction: float = Field(
+        0.25,
+        gt=0.0,
+        le=0.5,
+        description="pbt: the fraction of trials counted as worst (restarted from a best one) and as best.",
+    )
+    synch: bool = Field(
+        False,
+        description="pbt: perturb every trial at the same evaluation, waiting (paused) for the slowest: "
+        "repeatable, at the cost of a restart of every trial per perturbation; false: each trial on its own.",
     )
     max_failed_trials: int = Field(
         0, ge=0, description="Failed trials tolerated; one more ends the sweep (each failure is recorded)."
@@ -159,6 +188,12 @@ class SweepSpec(Spec):
                 f"type grid ({', '.join(grids)}) works with algorithm grid or random; "
                 f"use type choice with {self.algorithm}"
             )
+        if self.algorithm == "bohb" and self.scheduler != "hyperband":
+            raise ValueError(
+                f"algorithm bohb needs scheduler hyperband (run as HyperBandForBOHB), not {self.scheduler}"
+            )
+        if self.scheduler == "pbt":
+            self._check_pbt()
         if self.second_objective is not None:
             if self.algorithm != "tpe" or self.scheduler != "fifo":
                 raise ValueError(
@@ -167,6 +202,55 @@ class SweepSpec(Spec):
             if self.second_objective.metric == self.metric:
                 raise ValueError("second_objective.metric must differ from metric")
         return self
+
+    def _check_pbt(self) -> None:
+        if self.algorithm not in ("random", "grid"):
+            raise ValueError(
+                f"scheduler pbt mutates running trials itself: use algorithm random or grid to draw the "
+                f"first population, not {self.algorithm}"
+            )
+        shaped = [
+            InitErrorDetails(
+                type=PydanticCustomError("sweep", "{why}", {"why": why}),
+                loc=("parameters", path),
+                input=d.model_dump(),
+            )
+            for path, d in self.parameters.items()
+            if path.split(".")[0] in PBT_SHAPE_SECTIONS
+            and (
+                why := f"scheduler pbt restarts trials from other trials' checkpoints, so {path}, which "
+                f"shapes the model, cannot vary; sweep it with another scheduler"
+            )
+        ]
+        if shaped:
+            raise ValidationError.from_exception_data("SweepSpec", shaped)
+        if not any(p in PBT_MUTABLE for p in self.parameters):
+            raise ValueError(
+                f"scheduler pbt needs a parameter that may change mid-run: one of {', '.join(PBT_MUTABLE)}"
+            )
+        if "training.eval_every" in self.parameters:
+            raise ValueError("scheduler pbt counts time in evaluations: training.eval_every cannot vary")
+        if self.max_concurrent < self.population:
+            raise ValueError(
+                f"scheduler pbt trains its population together: max_concurrent ({self.max_concurrent}) must be "
+                f"at least the number of trials ({self.population})"
+            )
+
+    @property
+    def population(self) -> int:
+        """Trials the sweep runs in all: the grid's combinations (algorithm grid), else num_trials."""
+        if self.algorithm != "grid":
+            return self.num_trials
+        return math.prod(len(d.values) for d in self.parameters.values())
+
+    def pbt_mutations(self) -> list[str]:
+        """The parameters PBT perturbs (the others are drawn once and copied with the checkpoint)."""
+        return [p for p in self.parameters if p in PBT_MUTABLE] if self.scheduler == "pbt" else []
+
+    @property
+    def exchanges_checkpoints(self) -> bool:
+        """Trials may be paused or restarted from a checkpoint (pbt; bohb's synchronous HyperBand)."""
+        return self.scheduler == "pbt" or self.algorithm == "bohb"
 
     @property
     def num_trials(self) -> int:
@@ -206,6 +290,41 @@ def values_to_check(dist: Any) -> list[Any]:
     return [dist.low, dist.high]
 
 
+def cadence_problems(spec_model: Any) -> list[tuple[tuple, str, Any]]:
+    """pbt and bohb restart trials from the checkpoint of an evaluation: every evaluation needs one.
+
+    Their time is counted in evaluations, so training.eval_every must be set; bohb's HyperBand also plans
+    its brackets from the number of evaluations, so training.max_steps must be set too.
+    """
+    sweep, t, ck = spec_model.sweep, spec_model.training, spec_model.checkpoint
+    if not sweep.exchanges_checkpoints:
+        return []
+    who = "scheduler pbt" if sweep.scheduler == "pbt" else "algorithm bohb"
+    out: list[tuple[tuple, str, Any]] = []
+    if not t.eval_every:
+        out.append(
+            (("training", "eval_every"), f"{who} counts time in evaluations: set training.eval_every", None)
+        )
+    elif ck.every is not None and t.eval_every % ck.every:
+        out.append(
+            (
+                ("checkpoint", "every"),
+                f"{who} restarts trials from the checkpoint of an evaluation: checkpoint.every ({ck.every}) "
+                f"must divide training.eval_every ({t.eval_every}), or be null (a checkpoint at each evaluation)",
+                ck.every,
+            )
+        )
+    if sweep.algorithm == "bohb" and t.max_steps is None and "training.max_steps" not in sweep.parameters:
+        out.append(
+            (
+                ("training", "max_steps"),
+                "algorithm bohb plans HyperBand brackets from the evaluations per trial: set training.max_steps",
+                None,
+            )
+        )
+    return out
+
+
 def _lookup(data: Any, keys: list[str]) -> tuple[bool, Any]:
     cur = data
     for key in keys:
@@ -224,7 +343,7 @@ def sweep_problems(spec_model: Any, spec_cls: type) -> list[tuple[tuple, str, An
     """
     sweep = spec_model.sweep
     data = spec_model.model_dump(mode="json", exclude={"sweep"})
-    out: list[tuple[tuple, str, Any]] = []
+    out: list[tuple[tuple, str, Any]] = cadence_problems(spec_model)
     for raw_path, dist in sweep.parameters.items():
         loc = ("sweep", "parameters", raw_path)
         path = canonical_path(raw_path, data)
