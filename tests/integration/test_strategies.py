@@ -33,6 +33,21 @@ def assert_same_run(result, reference) -> None:
     assert result.after["eval_loss"] == pytest.approx(reference.after["eval_loss"], **TOL)
 
 
+def interrupted_and_resumed(job, reference, tmp_path):
+    """A worker dies after step 7; the rerun resumes from the step-5 checkpoint and matches reference."""
+    marker = tmp_path / "fault-once"
+    broken = run(job, worker_env={"KUBETRAIN_FAULT_AT_STEP": "7", "KUBETRAIN_FAULT_MARKER": str(marker)})
+    assert not broken.succeeded and marker.exists()
+    resumed = run(job)
+    assert resumed.succeeded, resumed.error
+    assert resumed.resumed_from_step == 5
+    after = losses(resumed)
+    assert sorted(after) == list(range(6, STEPS + 1))
+    for step in after:
+        assert after[step] == pytest.approx(losses(reference)[step], **TOL), step
+    return resumed
+
+
 def strategy_job(tiny_job, name: str, strategy: dict, **overrides):
     base = {
         "spec__data": {
@@ -104,17 +119,9 @@ def test_zero3_checkpoints_resume_and_the_final_adapter_is_one_ordinary_peft_dir
     strategy = {"type": "deepspeed", "stage": 3}
     reference = run(strategy_job(tiny_job, "zero3-straight", strategy))
     assert reference.succeeded, reference.error
-    marker = tmp_path / "fault-once"
-    job = strategy_job(tiny_job, "zero3-interrupted", strategy)
-    broken = run(job, worker_env={"KUBETRAIN_FAULT_AT_STEP": "7", "KUBETRAIN_FAULT_MARKER": str(marker)})
-    assert not broken.succeeded and marker.exists()
-    resumed = run(job)
-    assert resumed.succeeded, resumed.error
-    assert resumed.resumed_from_step == 5
-    after = losses(resumed)
-    assert sorted(after) == list(range(6, STEPS + 1))
-    for step in after:
-        assert after[step] == pytest.approx(losses(reference)[step], **TOL), step
+    resumed = interrupted_and_resumed(
+        strategy_job(tiny_job, "zero3-interrupted", strategy), reference, tmp_path
+    )
 
     # The gathered adapter loads into a plain PEFT model and reproduces the run's validation loss
     import json
@@ -166,17 +173,8 @@ def test_two_stage_pipeline_matches_one_process_accumulating_the_same_micro_batc
 def test_pipeline_resumes_from_its_per_stage_checkpoint_with_the_same_losses(
     ray_session, tiny_job, accumulating_reference, tmp_path
 ):
-    marker = tmp_path / "fault-once"
     job = strategy_job(tiny_job, "pp-interrupted", PIPELINE, spec__training__batch_size=8)
-    broken = run(job, worker_env={"KUBETRAIN_FAULT_AT_STEP": "7", "KUBETRAIN_FAULT_MARKER": str(marker)})
-    assert not broken.succeeded and marker.exists()
-    resumed = run(job)
-    assert resumed.succeeded, resumed.error
-    assert resumed.resumed_from_step == 5
-    after = losses(resumed)
-    assert sorted(after) == list(range(6, STEPS + 1))
-    for step in after:
-        assert after[step] == pytest.approx(losses(accumulating_reference)[step], **TOL), step
+    resumed = interrupted_and_resumed(job, accumulating_reference, tmp_path)
     # the whole model, gathered from both stages, is one ordinary PEFT adapter directory
     import pathlib
 

@@ -164,7 +164,10 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_trials_and_goes_o
     trials = {t.params["data.max_train_samples"]: t for t in result.trials}
     assert sorted(trials) == [2, 48, 64]
     assert trials[64].status == trials[48].status == "completed"
-    assert trials[2].status == "failed" and "fewer than one optimizer step" in trials[2].error
+    # 2 records cannot fill a step, or (when both prompts fill max_length) leave nothing to learn: either way
+    # the trial fails with the spec field to change, and the sweep goes on.
+    assert trials[2].status == "failed"
+    assert "fewer than one optimizer step" in trials[2].error or "spec.data.max_length" in trials[2].error
     assert result.best in (trials[64], trials[48])
 
     client = MlflowClient(result.tracking_uri)
