@@ -25,9 +25,6 @@ class Engine:
     model: torch.nn.Module
     #: the unwrapped transformers / PEFT model this rank holds
     inner: torch.nn.Module
-    #: which shard of the training data this rank reads, out of how many
-    data_rank: int = 0
-    data_world: int = 1
 
     def train_batch(self, batch: dict, sync: bool, accum: int, autocast) -> float:
         """Forward and backward one per-worker batch; returns its loss divided by accum (same on every rank)."""
@@ -87,7 +84,6 @@ class DDPEngine(Engine):
             },
         )
         self.inner = self.model.module if hasattr(self.model, "module") else self.model
-        self.data_rank, self.data_world = rank, world
         self.optimizer = build_optimizer(spec.training, self.model.parameters(), device)
         self.scheduler = build_scheduler(spec.training, self.optimizer, total_steps)
         self.scaler = torch.amp.GradScaler("cuda") if spec.training.precision == "fp16" else None
@@ -151,7 +147,6 @@ class DeepSpeedEngine(Engine):
             dist_init_required=False,
         )
         self.inner = self.model.module
-        self.data_rank, self.data_world = rank, world
         self.rebuild = rebuild
 
     def train_batch(self, batch, sync, accum, autocast):
@@ -201,7 +196,7 @@ class DeepSpeedEngine(Engine):
         else:
             param_bytes = _bytes(params)
         opt = self.optimizer
-        grad_bytes = _zero_grad_bytes(opt, self.stage, params)
+        grad_bytes = _zero_grad_bytes(self.stage, params)
         return {
             "param_bytes": param_bytes,
             "grad_bytes": grad_bytes,
@@ -293,7 +288,7 @@ def _optimizer_bytes(optimizer) -> int:
     return total
 
 
-def _zero_grad_bytes(optimizer, stage: int, params) -> int:
+def _zero_grad_bytes(stage: int, params) -> int:
     """Gradient bytes this rank keeps: all of them below ZeRO-2, its partition's from ZeRO-2 on."""
     trainable = [p for p in params if p.requires_grad]
     full = sum((p.ds_numel if hasattr(p, "ds_numel") else p.numel()) * p.element_size() for p in trainable)

@@ -452,25 +452,24 @@ def run_sweep(
     _init_ray(job, False, worker_env)
     cpus = ray.cluster_resources().get("CPU", 1.0)
     per_trial = TRIAL_DRIVER_CPUS + job.spec.resources.workers * job.spec.resources.cpus_per_worker
+
+    def failed(msg: str) -> SweepResult:
+        result.error = msg
+        console.say(f"[red]error:[/red] {msg}")
+        tracker.end("FAILED")
+        return result
+
     if per_trial > cpus:
-        msg = (
+        return failed(
             f"one trial needs {per_trial:g} CPUs (resources.workers x cpus_per_worker + "
             f"{TRIAL_DRIVER_CPUS} for the trial driver) but the Ray cluster has {cpus:g}"
         )
-        result.error = msg
-        console.say(f"[red]error:[/red] {msg}")
-        tracker.end("FAILED")
-        return result
     concurrency = space.fitting_concurrency(sweep.max_concurrent, cpus, per_trial)
     if sweep.scheduler == "pbt" and concurrency < sweep.population:
-        msg = (
+        return failed(
             f"scheduler pbt trains its {sweep.population} trials together, but the Ray cluster's {cpus:g} CPUs "
             f"fit {concurrency} (each needs {per_trial:g}): lower trials or resources.cpus_per_worker"
         )
-        result.error = msg
-        console.say(f"[red]error:[/red] {msg}")
-        tracker.end("FAILED")
-        return result
     if concurrency < sweep.max_concurrent:
         console.say(
             f"max_concurrent lowered to {concurrency}: each trial needs {per_trial:g} of {cpus:g} CPUs"
