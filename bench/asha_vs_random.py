@@ -19,12 +19,15 @@ trial's fixed cost (Ray Train workers, data, MLflow: ~15 s here) is paid by stop
 why the wall-time ratio trails the step ratio.
 
     python bench/asha_vs_random.py [--seeds 0 1 2] [--trials 16] [--steps 36] [--eval-every 6]
-                                   [--concurrency 1] [--space lr-wd]
+                                   [--concurrency 1] [--space lr-wd] [--keep DIR]
+
+--keep DIR keeps every arm's sweep directory (sweep.json: each trial's parameters, status and metrics).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -163,6 +166,7 @@ def main() -> None:
     parser.add_argument("--space", choices=sorted(SPACES), default="lr-wd")
     parser.add_argument("--cpus", type=float, default=0.5, help="CPUs of each trial's one worker")
     parser.add_argument("--hidden", type=int, default=64, help="hidden size of the tiny Llama")
+    parser.add_argument("--keep", help="keep the sweeps (trials, metrics, MLflow) in this directory")
     args = parser.parse_args()
 
     import ray
@@ -171,7 +175,9 @@ def main() -> None:
 
     start_local_ray(num_cpus=2)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="asha-bench-") as storage:
+    with contextlib.ExitStack() as stack:
+        storage = args.keep or stack.enter_context(tempfile.TemporaryDirectory(prefix="asha-bench-"))
+        storage = os.path.abspath(storage)
         for seed in args.seeds:
             rnd = run_arm(sweep_job(storage, f"random-{seed}", seed, "random", "fifo", args))
             asha = run_arm(sweep_job(storage, f"asha-tpe-{seed}", seed, "tpe", "asha", args))

@@ -272,3 +272,47 @@ def test_pbt_restarts_a_weak_trial_from_a_strong_trials_checkpoint_with_a_pertur
     else:  # the donor was itself restarted before this step: compare the factor with the cosine schedule
         total = job.spec.training.max_steps
         assert logged["mine"][step] / lr_mine == pytest.approx(0.5 * (1 + math.cos(math.pi * step / total)))
+
+
+def test_bohb_pauses_its_trials_at_a_rung_and_continues_the_best_from_its_own_checkpoint(
+    ray_session, tiny_job
+):
+    from kubetrain.runtime.sweep_space import trial_name
+
+    # BOHB runs HyperBand synchronously (HyperBandForBOHB): the trials of a bracket pause at the bracket's rung
+    # (here 1 evaluation) until all have reached it; the best then continues from its own checkpoint of that
+    # evaluation (a new run '<trial>-r1') and the rest end there. One trial at a time and seed 3 make that
+    # order fixed: BOHB draws learning rates 0.0424, 0.4445, 0.0012 for the first bracket, so its last trial
+    # (0.0012, hardly trained) is not the best and one of the two paused trials is resumed.
+    job = sweep(
+        tiny_job,
+        "bohb",
+        {
+            "algorithm": "bohb",
+            "scheduler": "hyperband",
+            "trials": 4,
+            "max_concurrent": 1,
+            "reduction_factor": 3,
+            "seed": 3,
+            "parameters": {"training.learning_rate": {"type": "loguniform", "low": 1e-3, "high": 0.9}},
+        },
+    )
+    result = run(job)
+    assert result.succeeded, result.error
+    rows = [(t.trial_id, t.params, t.status, t.step, t.iteration, t.restarts) for t in result.trials]
+    assert len(result.trials) == 4 and not [t for t in result.trials if t.status == "failed"], rows
+    continued = [(t, r) for t in result.trials for r in t.restarts if r["from_trial"] == t.trial_id]
+    assert continued, rows
+    for trial, restart in continued:
+        assert restart["run"] == trial_name(job.name, trial.trial_id, 1)
+        # it went on from the step of the evaluation it paused at, in a run of its own
+        assert (
+            restart["step"] in (2, 4)
+            and os.path.basename(os.path.dirname(restart["checkpoint"])) != restart["run"]
+        )
+        assert trial.step > restart["step"]
+    assert max(t.step for t in result.trials) == 6
+    assert [t for t in result.trials if t.step < 6], (
+        "every trial trained to the end: nothing was cut at a rung"
+    )
+    assert result.best.step == 6  # the trials trained longest reach the lowest loss
