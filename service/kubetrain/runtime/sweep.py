@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import yaml
@@ -513,6 +514,8 @@ def run_sweep(
                     scheduler=space.scheduler(sweep, space.max_evaluations(job)),
                     num_samples=sweep.num_trials,
                     time_budget_s=sweep.time_budget_s,
+                    # Not reusable: a stopped trial's function is inside run_job, not in tune.report, so Tune's
+                    # reset (2 s wait for the function to return) would fail and error the next trial instead.
                     reuse_actors=False,
                 ),
                 run_config=tune.RunConfig(
@@ -615,7 +618,9 @@ def _quiet_tune():
     old = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     try:
-        yield
+        with warnings.catch_warnings():  # advice we cannot take (reuse_actors: see run_sweep)
+            warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
+            yield
     finally:
         if old is None:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
