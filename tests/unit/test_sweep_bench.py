@@ -34,3 +34,8 @@ def test_compute_to_reach(target, expected):
         if expected["seconds"]
         else got["seconds"] is None
     )
+
+
+def test_training_seconds_sums_each_trials_span_from_first_step_to_last_record():
+    # A: steps 1..4, last evaluation at 4.5 -> 3.5 s; B: 2.2 .. 2.7 -> 0.5 s; a trial with no records adds 0
+    assert bench.training_seconds([A, B, ([], [])]) == pytest.approx(4.0)
