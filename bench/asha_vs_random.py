@@ -25,17 +25,20 @@ lr 0.0046 ranks 5th of 7 at steps 12 and 24 (lr 0.0316, then 0.0068 lead), 2nd a
 at the end (0.743); lr 0.0316 ends at 1.585. With 36 steps and rungs at 12 and 36 (the earlier set-up), ASHA
 could at best save about half the steps, and never reached random's best on 2 of 3 seeds.
 
-Measured (2026-11-22, quiet 2-core machine, these defaults): median step ratio 0.257 (target met), median
-wall-time ratio 0.668 (not met).
-  seed 0: random best 0.8648 (3456 steps, 401 s); ASHA+TPE reached it after 672 steps / 212 s: 0.194 / 0.529
-  seed 1: random best 0.6359 (432 s); ASHA+TPE best 0.7760, never reached (1296 steps in all)
-  seed 2: random best 0.7319 (477 s); ASHA+TPE reached it after 888 steps / 319 s: 0.257 / 0.668
+Measured (2026-11-22, quiet 2-core machine, these defaults, two runs: steps and losses identical, wall times
+differ): median step ratio 0.257 (target met), median wall-time ratio 0.668 / 0.619 (not met).
+  seed 0: random best 0.8648 (3456 steps, 401 / 379 s); ASHA+TPE reached it after 672 steps / 212 / 202 s:
+          steps 0.194, wall 0.529 / 0.533
+  seed 1: random best 0.6359 (432 / 419 s); ASHA+TPE best 0.7760, never reached (1296 steps in all)
+  seed 2: random best 0.7319 (477 / 465 s); ASHA+TPE reached it after 888 steps / 319 / 288 s:
+          steps 0.257, wall 0.668 / 0.619
+  fixed cost per trial outside training (second run): 17.6 / 19.3 / 21.4 s random, 16.5 / 18.9 / 20.9 s ASHA
 The loss is rugged near the optimum: at lr 0.0062 the final eval_loss is 0.814 / 0.690 / 0.599 / 0.714 for
 weight decay 0.00025 / 0.0016 / 0.02 / 0.2, and lr 0.006229 (random's seed-1 winner, 0.641) against 0.0062
 at the same weight decay is 0.641 against 0.814. So random's best of 16 is partly a lucky draw (seed 1) that
 a model-based search with the same 16 trials need not repeat; a 256-example held-out validation split (with
 1,600 training examples) narrows that spread (0.84..0.94) but does not remove it. Wall time trails steps
-because every trial, stopped or not, pays a fixed cost outside training (printed per arm; ~18 s here: three
+because every trial, stopped or not, pays a fixed cost outside training (printed per arm; 17-21 s here: three
 fresh processes, the Tune trial, the Ray Train controller and the worker, each importing
 ray/torch/transformers, plus set-up and tear-down) against ~7-8 s of training for a full 216-step trial:
 ~72% of the random arm's wall time. The wall ratio approaches the step ratio as trials grow (a real
