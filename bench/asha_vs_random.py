@@ -41,7 +41,7 @@ a model-based search with the same 16 trials need not repeat; a 256-example held
 because every trial, stopped or not, pays a fixed cost outside training (printed per arm; 17-21 s here: three
 fresh processes, the Tune trial, the Ray Train controller and the worker, each importing
 ray/torch/transformers, plus set-up and tear-down) against ~7-8 s of training for a full 216-step trial:
-~72% of the random arm's wall time. The wall ratio approaches the step ratio as trials grow (a real
+72-74% of the random arm's wall time. The wall ratio approaches the step ratio as trials grow (a real
 fine-tune trains for minutes; not measured here); on this machine it roughly counts the trials started
 before the target was reached.
 
