@@ -79,6 +79,7 @@ class SweepMonitor:
         self.tracker, self.console = tracker, console
         self.rows: dict[str, TrialRow] = {}
         self.state_file = os.path.join(sweep_dir, "sweep.json")
+        self.dirty = False
         self.stop_reason: str | None = None
         self.retired: list[tuple[float, str]] = []  # (when, placement group id) of stopped trials
 
@@ -93,6 +94,16 @@ class SweepMonitor:
             if row.status in ("running", "pending"):
                 row.status = "pending"  # interrupted: Tune resumes it
         return state
+
+    def flush(self) -> None:
+        """Save sweep.json if a trial paused, completed or failed in this Tune step.
+
+        Called at the end of each step, after Tune has saved its experiment state: sweep.json never shows a
+        trial as finished that Tune's state (what a resumed sweep restores) still holds as running.
+        """
+        if self.dirty:
+            self.dirty = False
+            self.save()
 
     def save(self) -> None:
         state = {
@@ -132,7 +143,7 @@ class SweepMonitor:
         self._close_child(row, "KILLED")
         self._retire(row)
         row.placement_group = None
-        self.save()
+        self.dirty = True  # saved after Tune's own experiment checkpoint of this step (flush)
         self.console.update(self.rows)
 
     def on_result(self, trial, result: dict) -> None:
@@ -172,7 +183,7 @@ class SweepMonitor:
         row.status = "completed" if finished else "stopped_early"
         self._close_child(row, "FINISHED" if finished else "KILLED")
         self._retire(row)
-        self.save()
+        self.dirty = True  # saved after Tune's own experiment checkpoint of this step (flush)
         self.console.update(self.rows)
 
     def on_error(self, trial) -> None:
@@ -185,7 +196,7 @@ class SweepMonitor:
             self.stop_reason = (
                 f"{self.failures} trials failed (max_failed_trials: {self.sweep.max_failed_trials})"
             )
-        self.save()
+        self.dirty = True  # saved after Tune's own experiment checkpoint of this step (flush)
         self.console.update(self.rows)
 
     def _retire(self, row: TrialRow) -> None:
@@ -270,6 +281,14 @@ class Forward(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         if m := MONITORS.get(self.key):
             m.on_error(trial)
+
+    def on_step_end(self, iteration, trials, **info):  # Tune saved its experiment state just before
+        if m := MONITORS.get(self.key):
+            m.flush()
+
+    def on_experiment_end(self, trials, **info):
+        if m := MONITORS.get(self.key):
+            m.flush()
 
 
 class FailureBudget(Stopper):
