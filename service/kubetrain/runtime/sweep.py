@@ -98,8 +98,11 @@ class SweepMonitor:
     def flush(self) -> None:
         """Save sweep.json if a trial paused, completed or failed in this Tune step.
 
-        Called at the end of each step, after Tune has saved its experiment state: sweep.json never shows a
-        trial as finished that Tune's state (what a resumed sweep restores) still holds as running.
+        Called at the end of each step, after Tune's experiment checkpoint: when Tune checkpoints every step
+        (TUNE_GLOBAL_CHECKPOINT_S=0), sweep.json does not show a trial as finished before Tune's state (what
+        a resumed sweep restores) does, up to Tune's background copy to storage. With Tune's default period
+        (adaptive, at least 10 s) it can still be ahead by one period: a trial finished in that window runs
+        again on resume.
         """
         if self.dirty:
             self.dirty = False
