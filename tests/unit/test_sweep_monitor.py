@@ -35,7 +35,8 @@ def test_a_finished_trial_reaches_sweep_json_at_the_step_end_not_in_the_completi
         assert [(r["trial_id"], r["status"]) for r in rows] == [("t1", "completed")]
 
         forward.on_trial_complete(1, [], trial("t2", finished=False))
-        forward.on_experiment_end([])  # the last step's state is saved too
+        assert len(json.loads((tmp_path / "sweep.json").read_text())["trials"]) == 1
+        forward.on_step_end(2, [])
         rows = json.loads((tmp_path / "sweep.json").read_text())["trials"]
         assert [(r["trial_id"], r["status"]) for r in rows] == [("t1", "completed"), ("t2", "stopped_early")]
     finally:

@@ -108,6 +108,11 @@ class SweepMonitor:
             self.dirty = False
             self.save()
 
+    def _changed(self) -> None:
+        """A trial paused, completed or failed: redraw the table; sweep.json follows at the step's end (flush)."""
+        self.dirty = True
+        self.console.update(self.rows)
+
     def save(self) -> None:
         state = {
             "parent_run_id": self.tracker.run_id,
@@ -146,8 +151,7 @@ class SweepMonitor:
         self._close_child(row, "KILLED")
         self._retire(row)
         row.placement_group = None
-        self.dirty = True  # saved after Tune's own experiment checkpoint of this step (flush)
-        self.console.update(self.rows)
+        self._changed()
 
     def on_result(self, trial, result: dict) -> None:
         row = self._row(trial)
@@ -186,8 +190,7 @@ class SweepMonitor:
         row.status = "completed" if finished else "stopped_early"
         self._close_child(row, "FINISHED" if finished else "KILLED")
         self._retire(row)
-        self.dirty = True  # saved after Tune's own experiment checkpoint of this step (flush)
-        self.console.update(self.rows)
+        self._changed()
 
     def on_error(self, trial) -> None:
         row = self._row(trial)
@@ -199,8 +202,7 @@ class SweepMonitor:
             self.stop_reason = (
                 f"{self.failures} trials failed (max_failed_trials: {self.sweep.max_failed_trials})"
             )
-        self.dirty = True  # saved after Tune's own experiment checkpoint of this step (flush)
-        self.console.update(self.rows)
+        self._changed()
 
     def _retire(self, row: TrialRow) -> None:
         if row.placement_group:
@@ -286,10 +288,6 @@ class Forward(Callback):
             m.on_error(trial)
 
     def on_step_end(self, iteration, trials, **info):  # Tune saved its experiment state just before
-        if m := MONITORS.get(self.key):
-            m.flush()
-
-    def on_experiment_end(self, trials, **info):
         if m := MONITORS.get(self.key):
             m.flush()
 
