@@ -102,7 +102,9 @@ def test_names_scope_subresources_and_printer_columns():
     columns = [(c["name"], c["jsonPath"]) for c in VERSION["additionalPrinterColumns"]]
     assert columns == [("Phase", ".status.phase"), ("Progress", ".status.progress.percent"),
                        ("Workers", ".spec.resources.workers"), ("Metric", ".status.metric"),
-                       ("Age", ".metadata.creationTimestamp")]  # fmt: skip
+                       ("Age", ".metadata.creationTimestamp"), ("Attempt", ".status.attempt"),
+                       ("Resumed-From", ".status.progress.resumed_from_step")]  # fmt: skip
+    assert [c.get("priority", 0) for c in VERSION["additionalPrinterColumns"]][-2:] == [1, 1]  # -o wide
 
 
 def test_spec_sections_are_immutable_except_lifecycle():

@@ -225,3 +225,96 @@ def test_metrics_count_jobs_by_phase():
         return m.registry.get_sample_value("kubetrain_trainingjobs", {"phase": phase})
 
     assert (value("Running"), value("Succeeded"), value("Failed"), value("Pending")) == (1, 1, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "observed, phase",
+    [
+        # KubeRay moves a failed attempt with retries left to Retrying with the old jobStatus still FAILED
+        (rayjob("Retrying", "FAILED", failed=1), Phase.QUEUED),
+        (rayjob("Running", "FAILED"), Phase.RUNNING),  # the same reconcile turns it into Retrying or Failed
+        (rayjob("Failed", "FAILED", failed=2), Phase.FAILED),  # retries spent
+    ],
+)
+def test_a_failed_attempt_with_retries_left_is_not_the_end(observed, phase):
+    assert phase_of(observed, False)[0] == phase
+
+
+@pytest.mark.parametrize(
+    "observed, attempt",
+    [
+        (rayjob("Initializing"), 1),
+        (rayjob("Running", "RUNNING", failed=1), 2),
+        (rayjob("Retrying", "FAILED", failed=1), 2),
+        (rayjob("Complete", "SUCCEEDED", failed=1, succeeded=1), 2),
+        (rayjob("Failed", "FAILED", failed=2), 2),
+        (rayjob("Complete", "SUCCEEDED", succeeded=1), 1),
+    ],
+)
+def test_the_status_counts_attempts_from_kuberays_counters(observed, attempt):
+    assert status_from_rayjob(job(), observed, NOW)["attempt"] == attempt
+
+
+def finished(outcome, completed=NOW, **lifecycle):
+    """A job that finished at `completed`, with its RayJob (cluster c-1) as KubeRay leaves it."""
+    observed = rayjob("Complete", "SUCCEEDED") if outcome == "SUCCEEDED" else rayjob("Failed", "FAILED")
+    observed["status"].update(rayClusterName="c-1", endTime=completed)
+    body = job(
+        lifecycle={**lifecycle, "ttl_seconds_after_success": 10**6, "ttl_seconds_after_failure": 10**6}
+    )
+    body["status"] = status_of(decide(body, observed, completed))  # as the operator recorded the finish
+    body["spec"]["lifecycle"] = lifecycle
+    return body, observed
+
+
+DELETE = ["DeleteCluster", "PatchStatus", "Event"]
+
+
+@pytest.mark.parametrize(
+    "outcome, lifecycle, now, expected, wait",
+    [
+        ("SUCCEEDED", {"ttl_seconds_after_success": 600}, NOW, ["Requeue"], 600),
+        ("SUCCEEDED", {"ttl_seconds_after_success": 600}, "2026-01-01T00:09:00Z", ["Requeue"], 60),
+        ("SUCCEEDED", {"ttl_seconds_after_success": 600}, "2026-01-01T00:10:00Z", DELETE, None),
+        ("SUCCEEDED", {"ttl_seconds_after_success": 0}, NOW, DELETE, None),
+        ("FAILED", {"ttl_seconds_after_success": 0, "ttl_seconds_after_failure": 3600}, "2026-01-01T00:10:00Z", ["Requeue"], 3000),
+        ("FAILED", {"ttl_seconds_after_failure": 3600}, LATER, DELETE, None),
+    ],
+)  # fmt: skip
+def test_the_cluster_goes_when_its_outcomes_ttl_has_passed(outcome, lifecycle, now, expected, wait):
+    body, observed = finished(outcome, **lifecycle)
+    actions = decide(body, observed, now)
+    assert kinds(actions) == expected
+    if wait is not None:
+        assert actions[0].seconds == wait
+    else:
+        assert actions[0].name == "c-1"
+        assert status_of(actions) == {"clusterDeletionTime": now}
+
+
+def test_a_deleted_cluster_is_not_deleted_again_and_an_unknown_one_is_left_alone():
+    body, observed = finished("SUCCEEDED", ttl_seconds_after_success=0)
+    body["status"]["clusterDeletionTime"] = NOW
+    assert decide(body, observed, LATER) == []
+    body, observed = finished("SUCCEEDED", ttl_seconds_after_success=0)
+    observed["status"].pop("rayClusterName")
+    assert decide(body, observed, LATER) == []
+
+
+def test_a_rayjob_owned_by_another_trainingjob_is_a_name_conflict_not_adopted():
+    observed = rayjob("Running", "RUNNING")
+    observed["metadata"]["ownerReferences"] = [
+        {"kind": "TrainingJob", "name": "other", "uid": "u-2", "controller": True}
+    ]
+    actions = decide(job(), observed, NOW)
+    assert kinds(actions) == ["PatchStatus", "Event"]
+    status = status_of(actions)
+    assert (status["phase"], status["reason"]) == ("Failed", "RayJobNameTaken") and "other" in status[
+        "message"
+    ]
+    assert decide(job(status=status), observed, LATER) == []  # said once
+    observed["metadata"]["ownerReferences"][0]["uid"] = "u-1"
+    assert (
+        "Create" not in kinds(decide(job(), observed, NOW))
+        and status_of(decide(job(), observed, NOW))["phase"] == "Running"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 
@@ -124,21 +125,20 @@ def test_placement_image_and_service_account():
 @pytest.mark.parametrize(
     "lifecycle, expected",
     [
-        ({}, {"backoffLimit": 0, "suspend": False, "ttl": (600, 3600), "activeDeadlineSeconds": None}),
+        ({}, {"backoffLimit": 0, "suspend": False, "ttl": 3600, "activeDeadlineSeconds": None}),
         ({"suspend": True, "backoff_limit": 3, "active_deadline_seconds": 60, "ttl_seconds_after_success": 0,
           "ttl_seconds_after_failure": 10},
-         {"backoffLimit": 3, "suspend": True, "ttl": (0, 10), "activeDeadlineSeconds": 60}),
+         {"backoffLimit": 3, "suspend": True, "ttl": 10, "activeDeadlineSeconds": 60}),
+        ({"ttl_seconds_after_success": 900, "ttl_seconds_after_failure": 0},
+         {"backoffLimit": 0, "suspend": False, "ttl": 900, "activeDeadlineSeconds": None}),
     ],
 )  # fmt: skip
 def test_lifecycle(lifecycle, expected):
+    """KubeRay shuts the cluster down after the longer TTL; the operator keeps the shorter one (test_decide)."""
     spec = rayjob_of(mini(lifecycle=lifecycle))["spec"]
-    rules = {r["condition"]["jobStatus"]: r for r in spec["deletionStrategy"]["deletionRules"]}
     assert spec["shutdownAfterJobFinishes"] is True
-    assert (
-        rules["SUCCEEDED"]["condition"]["ttlSeconds"],
-        rules["FAILED"]["condition"]["ttlSeconds"],
-    ) == expected["ttl"]
-    assert {r["policy"] for r in rules.values()} == {"DeleteCluster"}
+    assert "deletionStrategy" not in spec  # KubeRay: mutually exclusive with shutdownAfterJobFinishes
+    assert spec["ttlSecondsAfterFinished"] == expected["ttl"]
     assert spec["backoffLimit"] == expected["backoffLimit"]
     assert spec["suspend"] == expected["suspend"]
     assert spec.get("activeDeadlineSeconds") == expected["activeDeadlineSeconds"]
@@ -171,7 +171,7 @@ def test_labels_owner_and_entrypoint():
                                                        "blockOwnerDeletion": True}]  # fmt: skip
     assert rayjob["spec"]["entrypoint"] == "python -m kubetrain.runtime /etc/kubetrain/job.yaml"
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-    assert head["volumes"] == [
+    assert [v for v in head["volumes"] if "configMap" in v] == [
         {"name": "kubetrain-spec", "configMap": {"name": configmap["metadata"]["name"]}}
     ]
     env = {e["name"]: e for e in head["containers"][0]["env"]}
@@ -239,15 +239,40 @@ def test_the_jobs_own_secret_reference_wins_over_the_platform():
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("t", "t"), ("a" * 47, "a" * 47), ("a" * 63, None)],
+    [
+        ("t", "t"),
+        ("a" * 47, "a" * 47),
+        ("a" * 63, None),
+        ("7b-lora", None),
+        ("0" * 63, None),
+        ("a-" * 31 + "b", None),
+    ],
 )
-def test_rayjob_names_are_deterministic_and_short(name, expected):
+def test_rayjob_names_are_deterministic_dns1035_and_short(name, expected):
     got = rayjob_name(name)
     assert got == rayjob_name(name) and len(got) <= 47
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", got), got  # KubeRay: a DNS-1035 label
     if expected:
         assert got == expected
     else:
-        assert got != rayjob_name("a" * 62)
+        assert got != name
+
+
+def test_rayjob_names_do_not_collide():
+    """Names that fit map to themselves; every other name carries a hash of the whole name."""
+    names = [
+        "a" * 62,
+        "a" * 63,
+        "7b",
+        "tj-7b",
+        "0-lora",
+        "00-lora",
+        "a" * 40 + "-x",
+        "a" * 40 + "-y",
+        "9" * 63,
+    ]
+    mapped = [rayjob_name(n) for n in names]
+    assert len(set(mapped)) == len(names), dict(zip(names, mapped))
 
 
 @pytest.mark.parametrize(

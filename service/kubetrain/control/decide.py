@@ -1,7 +1,8 @@
-"""What to do about one TrainingJob, given what is observed (pure): create, suspend/resume, status, events."""
+"""What to do about one TrainingJob, given what is observed (pure): create, suspend/resume, status, clean-up."""
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,21 @@ class Event:
     message: str
 
 
-Action = Create | SetSuspend | PatchStatus | Event
+@dataclass(frozen=True)
+class DeleteCluster:
+    """Delete a finished RayJob's RayCluster (its outcome's TTL has passed); a missing one counts as deleted."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """Reconcile this TrainingJob again after `seconds` (a clean-up TTL is still running)."""
+
+    seconds: float
+
+
+Action = Create | SetSuspend | PatchStatus | Event | DeleteCluster | Requeue
 
 
 def decide(trainingjob: dict[str, Any], observed_rayjob: dict[str, Any] | None, now: str,
@@ -62,6 +77,12 @@ def decide(trainingjob: dict[str, Any], observed_rayjob: dict[str, Any] | None, 
             PatchStatus(invalid_status(trainingjob, message, now)),
             Event("Warning", "InvalidSpec", message),
         ]
+    conflict = _owned_by_another(meta, observed_rayjob)
+    if conflict:
+        if old.get("reason") == "RayJobNameTaken":
+            return []
+        return [PatchStatus(invalid_status(trainingjob, conflict, now, reason="RayJobNameTaken")),
+                Event("Warning", "RayJobNameTaken", conflict)]  # fmt: skip
     actions: list[Action] = []
     suspend = bool(job.spec.lifecycle.suspend)
     finished = old.get("phase") in {p.value for p in TERMINAL}
@@ -92,7 +113,58 @@ def decide(trainingjob: dict[str, Any], observed_rayjob: dict[str, Any] | None, 
         ):
             kind = "Warning" if status["phase"] == Phase.FAILED.value else "Normal"
             actions.append(Event(kind, status.get("reason") or status["phase"], status.get("message") or ""))
-    return actions
+    return actions + cleanup(job.spec.lifecycle, {**old, **status}, observed_rayjob, now)
+
+
+def cleanup(lifecycle: Any, status: dict[str, Any], rayjob: dict[str, Any] | None, now: str) -> list[Action]:
+    """Delete a finished job's Ray cluster once its outcome's TTL has passed, or come back when it will have.
+
+    The RayJob itself keeps shutdownAfterJobFinishes with the longer TTL (render/rayjob.py): KubeRay accepts
+    nothing else in every mode (suspend, Kueue), so the shorter outcome's TTL is the operator's to keep.
+    """
+    phase = status.get("phase")
+    cluster = ((rayjob or {}).get("status") or {}).get("rayClusterName")
+    if (
+        phase not in (Phase.SUCCEEDED.value, Phase.FAILED.value)
+        or not cluster
+        or status.get("clusterDeletionTime")
+    ):
+        return []
+    ttl = (
+        lifecycle.ttl_seconds_after_success
+        if phase == Phase.SUCCEEDED.value
+        else lifecycle.ttl_seconds_after_failure
+    )
+    left = ttl - _seconds_between(status.get("completionTime") or now, now)
+    if left > 0:
+        return [Requeue(left)]
+    return [
+        DeleteCluster(cluster),
+        PatchStatus({"clusterDeletionTime": now}),
+        Event(
+            "Normal", "ClusterDeleted", f"RayCluster {cluster} deleted {ttl}s after the job {phase.lower()}"
+        ),
+    ]
+
+
+def _owned_by_another(meta: dict[str, Any], rayjob: dict[str, Any] | None) -> str | None:
+    """A message when the RayJob of this name is controlled by another object (a name collision), else None."""
+    uid = meta.get("uid")
+    owners = [
+        o for o in ((rayjob or {}).get("metadata") or {}).get("ownerReferences") or [] if o.get("controller")
+    ]
+    if not uid or not owners or any(o.get("uid") == uid for o in owners):
+        return None
+    other = owners[0]
+    return (
+        f"RayJob {rayjob['metadata']['name']} already exists and belongs to {other.get('kind')} {other.get('name')}: "
+        "rename this TrainingJob (metadata.name)"
+    )
+
+
+def _seconds_between(start: str, end: str) -> float:
+    parse = lambda t: datetime.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ")  # noqa: E731 - RFC 3339, UTC, as written
+    return (parse(end) - parse(start)).total_seconds()
 
 
 def _input(body: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import kopf
 
 from .. import API_VERSION, GROUP, KIND, VERSION
 from ..render import PlatformConfig, rayjob_name
-from .decide import Create, Event, PatchStatus, SetSuspend, decide
+from .decide import Create, DeleteCluster, Event, PatchStatus, Requeue, SetSuspend, decide
 from .kube import Kube
 from .metrics import Metrics
 
@@ -30,6 +30,9 @@ class State:
     metrics: Metrics = Metrics()
     locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
     retries: set[asyncio.Task] = set()  # strong references, so pending retries are not garbage-collected
+    timers: dict[
+        tuple[str, str], asyncio.TimerHandle
+    ] = {}  # one pending "look again" per job (clean-up TTLs)
 
 
 def now() -> str:
@@ -127,6 +130,20 @@ async def retry(namespace: str, name: str, attempt: int) -> None:
     await reconcile(namespace, name, body=None, trigger="retry", attempt=attempt)
 
 
+def requeue(namespace: str, name: str, seconds: float) -> None:
+    """Reconcile the job again in `seconds` (replacing an earlier timer; a restart re-lists every job anyway)."""
+    key = (namespace, name)
+    if (old := State.timers.pop(key, None)) is not None:
+        old.cancel()
+
+    def fire() -> None:
+        State.timers.pop(key, None)
+        State.retries.add(task := asyncio.create_task(reconcile(namespace, name, body=None, trigger="timer")))
+        task.add_done_callback(State.retries.discard)
+
+    State.timers[key] = asyncio.get_running_loop().call_later(max(seconds, 0.0) + 0.5, fire)
+
+
 async def act(kube: Kube, job: dict[str, Any], namespace: str, action: Any) -> None:
     name = job["metadata"]["name"]
     if isinstance(action, Create):
@@ -135,6 +152,10 @@ async def act(kube: Kube, job: dict[str, Any], namespace: str, action: Any) -> N
             created = await kube.create(obj)
             if created and obj["kind"] == "RayJob":
                 State.metrics.created.inc()
+    elif isinstance(action, DeleteCluster):
+        await kube.delete("ray.io/v1", "RayCluster", namespace, action.name)
+    elif isinstance(action, Requeue):
+        requeue(namespace, name, action.seconds)
     elif isinstance(action, SetSuspend):
         await kube.patch_rayjob_suspend(namespace, action.name, action.suspend)
     elif isinstance(action, PatchStatus):

@@ -18,6 +18,7 @@ TRAININGJOBS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/trainingjobs"
 PATHS = {
     ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps",
     ("ray.io/v1", "RayJob"): "/apis/ray.io/v1/namespaces/{ns}/rayjobs",
+    ("ray.io/v1", "RayCluster"): "/apis/ray.io/v1/namespaces/{ns}/rayclusters",
     ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
     (API_VERSION, KIND): TRAININGJOBS,
 }
@@ -105,6 +106,15 @@ class Kube:
         ns = obj["metadata"]["namespace"]
         r = await self._call("POST", _path(obj["apiVersion"], obj["kind"], ns), obj)
         if r.status_code == 409:
+            return False
+        _check(r)
+        return True
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete an object in the background (its dependents go by garbage collection); False when it was gone."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        r = await self._call("DELETE", f"{_path(api_version, kind, namespace)}/{name}", body)
+        if r.status_code == 404:
             return False
         _check(r)
         return True

@@ -9,8 +9,12 @@ from ..schema.status import Condition, ConditionType, Phase, can_move
 # Status keys the operator owns; everything else under status (progress, metric, mlflowRunId) is the runtime's.
 OWNED = (
     "phase", "reason", "message", "conditions", "observedGeneration", "rayJobName", "rayClusterName",
-    "dashboardURL", "jobDeploymentStatus", "jobStatus", "startTime", "completionTime", "workers",
+    "dashboardURL", "jobDeploymentStatus", "jobStatus", "startTime", "completionTime", "workers", "attempt",
+    "clusterDeletionTime",
 )  # fmt: skip
+# KubeRay's jobDeploymentStatus values that end a RayJob for good (a failed attempt with retries left goes
+# Failed -> Retrying in the same reconcile, so Failed is only ever observed once retries are spent).
+FINAL_DEPLOYMENT = ("Complete", "Failed", "ValidationFailed")
 
 _REASONS = {
     Phase.PENDING: ("RayJobCreated", "the RayJob is created; its Ray cluster is starting"),
@@ -28,12 +32,12 @@ def phase_of(rayjob: dict[str, Any], suspend: bool) -> tuple[Phase, str, str]:
     deployment = status.get("jobDeploymentStatus") or ""
     job_status = status.get("jobStatus") or ""
     ray_reason, ray_message = status.get("reason") or "", status.get("message") or ""
-    if deployment in ("Complete", "Failed", "ValidationFailed") or job_status in (
-        "SUCCEEDED",
-        "FAILED",
-        "STOPPED",
+    # Only KubeRay's deployment status ends a job: jobStatus FAILED is also seen while KubeRay moves a failed
+    # attempt to Retrying (its status keeps the old jobStatus until the new cluster starts).
+    if deployment in FINAL_DEPLOYMENT or (
+        job_status == "SUCCEEDED" and deployment in ("Complete", "", "Running")
     ):
-        if job_status == "SUCCEEDED" and deployment in ("Complete", ""):
+        if job_status == "SUCCEEDED" and deployment in ("Complete", "", "Running"):
             return Phase.SUCCEEDED, *_REASONS[Phase.SUCCEEDED]
         return (
             Phase.FAILED,
@@ -85,6 +89,9 @@ def status_from_rayjob(
         "startTime": old.get("startTime"),
         "completionTime": old.get("completionTime"),
         "workers": workers or ((job.get("spec") or {}).get("resources") or {}).get("workers"),
+        "attempt": attempt_of(ray_status, finished=phase in (Phase.SUCCEEDED, Phase.FAILED))
+        or old.get("attempt"),
+        "clusterDeletionTime": old.get("clusterDeletionTime"),
     }
     if phase == Phase.RUNNING and not new["startTime"]:
         new["startTime"] = ray_status.get("startTime") or now
@@ -95,18 +102,28 @@ def status_from_rayjob(
     return new
 
 
-def invalid_status(job: dict[str, Any], message: str, now: str) -> dict[str, Any]:
-    """Status of a TrainingJob whose spec the models reject: Failed, InvalidSpec, nothing created."""
+def attempt_of(ray_status: dict[str, Any], finished: bool) -> int | None:
+    """1-based attempt from KubeRay's counters (status.failed / succeeded count finished attempts)."""
+    if not ray_status.get("jobDeploymentStatus"):
+        return None
+    done = (ray_status.get("failed") or 0) + (ray_status.get("succeeded") or 0)
+    return done if finished and done else done + 1
+
+
+def invalid_status(
+    job: dict[str, Any], message: str, now: str, reason: str = "InvalidSpec"
+) -> dict[str, Any]:
+    """Status of a TrainingJob the operator cannot run (the models reject its spec; its RayJob name is taken)."""
     old = job.get("status") or {}
     generation = (job.get("metadata") or {}).get("generation")
     out = {k: None for k in OWNED}
     out.update(
         phase=Phase.FAILED.value,
-        reason="InvalidSpec",
+        reason=reason,
         message=message,
         observedGeneration=generation,
         completionTime=old.get("completionTime") or now,
-        conditions=conditions(Phase.FAILED, "InvalidSpec", message, old.get("conditions") or [], generation, now, ready=False),
+        conditions=conditions(Phase.FAILED, reason, message, old.get("conditions") or [], generation, now, ready=False),
     )  # fmt: skip
     return out
 

@@ -3,29 +3,42 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import re
 from typing import Any
 
 import yaml
 
 from .. import API_VERSION, KIND
 from ..spec import TrainingJob
+from ..spec.sweep import TRIAL_DRIVER_CPUS, TRIAL_DRIVER_RESOURCE
 from .platform import PlatformConfig
 
 RAYJOB_API = "ray.io/v1"
 SPEC_DIR = "/etc/kubetrain"
 SPEC_FILE = "job.yaml"
 MAX_RAYJOB_NAME = 47  # KubeRay derives cluster and submitter names from it
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+SHM_VOLUME = "shared-mem"  # KubeRay's own name for it: KubeRay then sees /dev/shm mounted and adds nothing
 LOCAL_STORAGE = ".kubetrain/runs"
 PVC_ROOT = "/mnt/pvc"  # the runtime maps pvc://CLAIM/PATH to PVC_ROOT/CLAIM/PATH (KUBETRAIN_PVC_ROOT)
 
 
 def rayjob_name(job_name: str) -> str:
-    """The deterministic RayJob name of a TrainingJob (also across operator restarts)."""
-    if len(job_name) <= MAX_RAYJOB_NAME:
+    """The deterministic RayJob name of a TrainingJob (also across operator restarts).
+
+    KubeRay (utils/validation.go ValidateRayJobMetadata) wants a DNS-1035 label of at most 47 characters; a
+    TrainingJob name is an RFC 1123 label of up to 63 and may start with a digit. A name that already fits is
+    kept; a longer one keeps a readable prefix and gets a hash of the whole name; a digit-leading one also gets
+    the prefix "tj-". Names that fit map to themselves and the others carry a hash of the full name, so two
+    TrainingJobs get the same RayJob only by a hash collision, which the operator detects (owner uid).
+    """
+    if len(job_name) <= MAX_RAYJOB_NAME and DNS1035_LABEL.match(job_name):
         return job_name
     digest = hashlib.sha256(job_name.encode()).hexdigest()[:6]
-    return f"{job_name[: MAX_RAYJOB_NAME - 7].rstrip('-')}-{digest}"
+    stem = job_name if job_name[:1].isalpha() else f"tj-{job_name}"
+    return f"{stem[: MAX_RAYJOB_NAME - 7].rstrip('-')}-{digest}"
 
 
 def configmap_name(job_name: str) -> str:
@@ -82,29 +95,25 @@ def render_configmap(job: TrainingJob, platform: PlatformConfig) -> dict[str, An
 
 
 def render_rayjob(job: TrainingJob, platform: PlatformConfig) -> dict[str, Any]:
+    """The RayJob, valid for KubeRay's controller (utils/validation.go at v1.7.0), not only for its CRD.
+
+    Clean-up: KubeRay forbids deletionRules beside shutdownAfterJobFinishes, and refuses `suspend` (which Kueue
+    sets on every job it admits) without shutdownAfterJobFinishes. So the RayJob always shuts its cluster down,
+    with KubeRay's single TTL set to the longer of the two outcomes' TTLs as a backstop, and the operator deletes
+    the cluster earlier when the outcome's own TTL is shorter (control/decide.py).
+    """
     life = job.spec.lifecycle
     spec: dict[str, Any] = {
         "entrypoint": f"python -m kubetrain.runtime {SPEC_DIR}/{SPEC_FILE}",
         "submissionMode": "K8sJobMode",
         "shutdownAfterJobFinishes": True,
-        "deletionStrategy": {
-            "deletionRules": [
-                {
-                    "policy": "DeleteCluster",
-                    "condition": {"jobStatus": "SUCCEEDED", "ttlSeconds": life.ttl_seconds_after_success},
-                },
-                {
-                    "policy": "DeleteCluster",
-                    "condition": {"jobStatus": "FAILED", "ttlSeconds": life.ttl_seconds_after_failure},
-                },
-            ]
-        },
+        "ttlSecondsAfterFinished": max(life.ttl_seconds_after_success, life.ttl_seconds_after_failure),
         "backoffLimit": life.backoff_limit,
         "suspend": life.suspend,
         "rayClusterSpec": {
             "rayVersion": platform.ray_version,
             "headGroupSpec": {
-                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                "rayStartParams": _head_params(job),
                 "template": _pod(job, platform, "ray-head", head=True),
             },
             "workerGroupSpecs": [_worker_group(job, platform)],
@@ -118,6 +127,24 @@ def render_rayjob(job: TrainingJob, platform: PlatformConfig) -> dict[str, Any]:
         "metadata": _metadata(job, rayjob_name(job.metadata.name)),
         "spec": spec,
     }
+
+
+def _head_params(job: TrainingJob) -> dict[str, str]:
+    """The head runs the job's driver and no training; a sweep's trial drivers also run there."""
+    params = {"dashboard-host": "0.0.0.0", "num-cpus": "0"}
+    if job.spec.sweep is not None:
+        trials = job.spec.sweep.concurrent_trials
+        params["num-cpus"] = str(math.ceil(trials * TRIAL_DRIVER_CPUS))
+        # KubeRay pastes rayStartParams into a shell command line (`--resources=VALUE`): the JSON goes in
+        # double quotes, as in KubeRay's own samples (ray-job.resources.yaml).
+        params["resources"] = json.dumps(json.dumps({TRIAL_DRIVER_RESOURCE: trials}))
+    return params
+
+
+def worker_replicas(job: TrainingJob) -> int:
+    """Worker pods: one per Ray Train worker, times the trials a sweep runs at once."""
+    trials = job.spec.sweep.concurrent_trials if job.spec.sweep is not None else 1
+    return trials * job.spec.resources.workers
 
 
 def _metadata(job: TrainingJob, name: str) -> dict[str, Any]:
@@ -140,7 +167,7 @@ def _metadata(job: TrainingJob, name: str) -> dict[str, Any]:
 
 
 def _worker_group(job: TrainingJob, platform: PlatformConfig) -> dict[str, Any]:
-    workers = job.spec.resources.workers
+    workers = worker_replicas(job)
     return {
         "groupName": "workers",
         "replicas": workers,
@@ -153,24 +180,12 @@ def _worker_group(job: TrainingJob, platform: PlatformConfig) -> dict[str, Any]:
 
 def _pod(job: TrainingJob, platform: PlatformConfig, container: str, head: bool) -> dict[str, Any]:
     res = job.spec.resources
-    if head:
-        resources = {
-            "requests": {"cpu": platform.head_cpu, "memory": platform.head_memory},
-            "limits": {"cpu": platform.head_cpu, "memory": platform.head_memory},
-        }
-    else:
-        cpu, memory = cpu_quantity(res.cpus_per_worker), res.memory_per_worker or platform.worker_memory
-        resources = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
-        if res.gpus_per_worker:
-            gpus = str(math.ceil(res.gpus_per_worker))
-            resources["requests"]["nvidia.com/gpu"] = gpus
-            resources["limits"]["nvidia.com/gpu"] = gpus
     main: dict[str, Any] = {
         "name": container,
         "image": res.image or platform.image,
         "imagePullPolicy": platform.image_pull_policy,
         "env": env(job, platform),
-        "resources": resources,
+        "resources": _resources(job, platform, head),
     }
     pod: dict[str, Any] = {"containers": [main]}
     if head:
@@ -179,18 +194,10 @@ def _pod(job: TrainingJob, platform: PlatformConfig, container: str, head: bool)
             {"name": "dashboard", "containerPort": 8265},
             {"name": "client", "containerPort": 10001},
         ]
-        main["volumeMounts"] = [{"name": "kubetrain-spec", "mountPath": SPEC_DIR, "readOnly": True}]
-        pod["volumes"] = [
-            {"name": "kubetrain-spec", "configMap": {"name": configmap_name(job.metadata.name)}}
-        ]
-    claim = _storage_claim(job, platform)
-    if claim:  # checkpoint storage on a PersistentVolumeClaim: mounted on every Ray pod
-        main.setdefault("volumeMounts", []).append(
-            {"name": "kubetrain-storage", "mountPath": f"{PVC_ROOT}/{claim}"}
-        )
-        pod.setdefault("volumes", []).append(
-            {"name": "kubetrain-storage", "persistentVolumeClaim": {"claimName": claim}}
-        )
+    volumes = _volumes(job, platform, head, memory=main["resources"]["limits"]["memory"])
+    main["volumeMounts"] = [mount for _, mount in volumes]
+    pod["volumes"] = [volume for volume, _ in volumes]
+    if _storage_claim(job, platform):
         main["env"].append({"name": "KUBETRAIN_PVC_ROOT", "value": PVC_ROOT})
     account = res.service_account or platform.service_account
     if account:
@@ -206,6 +213,51 @@ def _pod(job: TrainingJob, platform: PlatformConfig, container: str, head: bool)
     if res.priority_class and not res.queue:
         pod["priorityClassName"] = res.priority_class
     return {"metadata": {"labels": labels(job)}, "spec": pod}
+
+
+def _resources(job: TrainingJob, platform: PlatformConfig, head: bool) -> dict[str, Any]:
+    """Requests equal to limits (Guaranteed QoS); KubeRay derives `ray start --num-cpus/--num-gpus` from the limits."""
+    res = job.spec.resources
+    if head:
+        amounts = {"cpu": platform.head_cpu, "memory": platform.head_memory}
+    else:
+        amounts = {
+            "cpu": cpu_quantity(res.cpus_per_worker),
+            "memory": res.memory_per_worker or platform.worker_memory,
+        }
+        if res.gpus_per_worker:  # a pod holds whole GPUs; Ray Train still asks for the fraction per worker
+            amounts["nvidia.com/gpu"] = str(math.ceil(res.gpus_per_worker))
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _volumes(job: TrainingJob, platform: PlatformConfig, head: bool, memory: str) -> list[tuple[dict, dict]]:
+    """(volume, mount) pairs: the spec on the head, /dev/shm in memory, PVC checkpoint storage on every pod.
+
+    /dev/shm: the container runtime's default is 64 MB, too small for NCCL's shared-memory transport and
+    Ray's object store; a memory-backed emptyDir counts against the pod's memory limit, which bounds it.
+    """
+    out = [
+        (
+            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": memory}},
+            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+        )
+    ]
+    if head:
+        out.append(
+            (
+                {"name": "kubetrain-spec", "configMap": {"name": configmap_name(job.metadata.name)}},
+                {"name": "kubetrain-spec", "mountPath": SPEC_DIR, "readOnly": True},
+            )
+        )
+    claim = _storage_claim(job, platform)
+    if claim:  # checkpoint storage on a PersistentVolumeClaim: mounted on every Ray pod
+        out.append(
+            (
+                {"name": "kubetrain-storage", "persistentVolumeClaim": {"claimName": claim}},
+                {"name": "kubetrain-storage", "mountPath": f"{PVC_ROOT}/{claim}"},
+            )
+        )
+    return out
 
 
 def env(job: TrainingJob, platform: PlatformConfig) -> list[dict[str, Any]]:

@@ -123,7 +123,7 @@ def run_job(
     )
     result = RunResult(job.name, False, run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    in_cluster = bool(os.environ.get("RAY_ADDRESS") or os.environ.get("KUBETRAIN_JOB_NAMESPACE"))
+    in_cluster = running_in_cluster()
     try:
         model_dir = None if in_cluster else resolve_model_dir(spec.model, os.path.join(local_root, "models"))
     except ModelUnavailable as e:
@@ -360,6 +360,7 @@ class _Progress:
             "percent": round(100.0 * step / self.total, 1) if self.total else 0.0,
             "eta_seconds": None if final or eta is None else round(eta),
             "metrics": {k: round(float(v), 6) for k, v in self.latest.items()},
+            "resumed_from_step": self.result.resumed_from_step,
             "mlflow_run_id": self.tracker.run_id,
             "mlflow_url": self.tracker.ui_hint() if self.tracker.run_id else None,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -396,6 +397,11 @@ def start_local_ray(num_cpus: int, env: dict[str, str] | None = None) -> None:
         object_store_memory=256 * 2**20,
         runtime_env={"env_vars": {**QUIET_ENV, **local_env, **(env or {})}},
     )
+
+
+def running_in_cluster() -> bool:
+    """In a RayJob (KubeRay sets RAY_ADDRESS for the entrypoint; the pod carries the job's namespace)."""
+    return bool(os.environ.get("RAY_ADDRESS") or os.environ.get("KUBETRAIN_JOB_NAMESPACE"))
 
 
 def _init_ray(job: TrainingJob, in_cluster: bool, worker_env: dict | None) -> None:

@@ -22,12 +22,12 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from ..spec import TrainingJob
+from ..spec.sweep import TRIAL_DRIVER_CPUS, TRIAL_DRIVER_RESOURCE
 from . import sweep_space as space
-from .driver import _check_inputs, _init_ray, resolve_paths, run_job
+from .driver import _check_inputs, _init_ray, resolve_paths, run_job, running_in_cluster
 from .sweep_report import SweepConsole, log_plots
 from .tracking import Tracker, git_commit, versions
 
-TRIAL_DRIVER_CPUS = 0.1
 MONITORS: dict[str, SweepMonitor] = {}
 EXCHANGE_FILE = "kubetrain_trial.json"  # the whole Tune checkpoint: which Ray Train checkpoint to start from
 CHECKPOINT_WAIT_S = 120.0
@@ -470,8 +470,10 @@ def run_sweep(
     _open_parent(tracker, state.get("parent_run_id"))
     result.parent_run_id, result.tracking_uri = tracker.run_id, tracker.uri
 
-    _init_ray(job, False, worker_env)
+    _init_ray(job, running_in_cluster(), worker_env)
     cpus = ray.cluster_resources().get("CPU", 1.0)
+    # In a cluster the head advertises a slot per concurrent trial (render/rayjob.py): drivers go there.
+    driver_slot = {TRIAL_DRIVER_RESOURCE: 1} if ray.cluster_resources().get(TRIAL_DRIVER_RESOURCE) else {}
     per_trial = TRIAL_DRIVER_CPUS + job.spec.resources.workers * job.spec.resources.cpus_per_worker
 
     def failed(msg: str) -> SweepResult:
@@ -510,7 +512,7 @@ def run_sweep(
             exchange=sweep.exchanges_checkpoints,
             keep_last=space.trial_keep_last(job),
         ),
-        {"cpu": TRIAL_DRIVER_CPUS},
+        {"cpu": TRIAL_DRIVER_CPUS, **driver_slot},
     )
     key = exp_dir
     MONITORS[key] = monitor

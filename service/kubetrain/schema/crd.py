@@ -42,6 +42,20 @@ PRINTER_COLUMNS = [
         "description": "Latest headline metric.",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {
+        "name": "Attempt",
+        "type": "integer",
+        "jsonPath": ".status.attempt",
+        "description": "RayJob attempt (retries: lifecycle.backoff_limit).",
+        "priority": 1,
+    },
+    {
+        "name": "Resumed-From",
+        "type": "integer",
+        "jsonPath": ".status.progress.resumed_from_step",
+        "description": "Checkpoint step this attempt resumed from.",
+        "priority": 1,
+    },
 ]
 
 _DROP = {"title", "discriminator", "const", "prefixItems", "$defs"}

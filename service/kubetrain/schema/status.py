@@ -74,6 +74,9 @@ class Progress(_Status):
     metrics: dict[str, float] = Field(
         default_factory=dict, description="Latest training and validation metrics."
     )
+    resumed_from_step: int | None = Field(
+        None, description="The checkpoint step this attempt resumed from (absent when it started fresh)."
+    )
     mlflow_run_id: str | None = Field(None, description="MLflow run id.")
     mlflow_url: str | None = Field(None, description="Link to the MLflow run.")
     updated: str | None = Field(None, description="When the runtime last reported (RFC 3339).")
@@ -95,6 +98,15 @@ class TrainingJobStatus(_Status):
     startTime: str | None = Field(None, description="When the job started running (RFC 3339).")
     completionTime: str | None = Field(None, description="When the job finished (RFC 3339).")
     workers: int | None = Field(None, description="Worker replicas requested.")
+    attempt: int | None = Field(
+        None,
+        description="Which attempt of the RayJob this is (1 + earlier failed attempts; lifecycle.backoff_limit).",
+    )
+    clusterDeletionTime: str | None = Field(
+        None,
+        description="When the operator deleted the finished job's Ray cluster (lifecycle.ttl_seconds_after_success "
+        "or ttl_seconds_after_failure after completionTime).",
+    )
     mlflowRunId: str | None = Field(None, description="MLflow run id (from progress).")
     metric: str | None = Field(
         None, description="Latest headline metric, e.g. eval_loss=0.31 (from the runtime)."

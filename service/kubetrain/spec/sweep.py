@@ -23,6 +23,12 @@ PBT_MUTABLE = ("training.learning_rate", "training.weight_decay", "training.max_
 # What a checkpoint is shaped by: a trial restarted from another's checkpoint must share these.
 PBT_SHAPE_SECTIONS = ("model", "peft")
 SCALAR = Union[bool, int, float, str, None]
+# A trial's driver (the Tune function that runs the trial's Ray Train run) takes this CPU share. In a cluster
+# the drivers run on the Ray head, which advertises TRIAL_DRIVER_RESOURCE (one unit per concurrent trial), so
+# they never take a slice of a worker pod that a training worker needs.
+TRIAL_DRIVER_CPUS = 0.1
+TRIAL_DRIVER_RESOURCE = "kubetrain_trial_driver"
+MAX_CLUSTER_WORKERS = 4096  # worker pods one job's Ray cluster may ask for (sweeps: trials at once x workers)
 
 
 class Uniform(Spec):
@@ -253,6 +259,11 @@ class SweepSpec(Spec):
         return self.scheduler == "pbt" or self.algorithm == "bohb"
 
     @property
+    def concurrent_trials(self) -> int:
+        """Trials that can run at once: max_concurrent, never more than the sweep has trials."""
+        return min(self.max_concurrent, self.population)
+
+    @property
     def num_trials(self) -> int:
         """Samples Tune draws: 1 pass over the grid for algorithm grid, else `trials` (default 8)."""
         return 1 if self.algorithm == "grid" else (self.trials or 8)
@@ -335,6 +346,20 @@ def _lookup(data: Any, keys: list[str]) -> tuple[bool, Any]:
     return True, cur
 
 
+def cluster_size_problems(spec_model: Any) -> list[tuple[tuple, str, Any]]:
+    """A sweep's Ray cluster holds every concurrent trial's workers: refuse one larger than a job may ask for."""
+    sweep, workers = spec_model.sweep, spec_model.resources.workers
+    pods = sweep.concurrent_trials * workers
+    if pods <= MAX_CLUSTER_WORKERS:
+        return []
+    fits = max(1, MAX_CLUSTER_WORKERS // workers)
+    why = (
+        f"{sweep.concurrent_trials} trials at once x resources.workers {workers} = {pods} worker pods, more than "
+        f"the {MAX_CLUSTER_WORKERS} one job's Ray cluster may have; at most {fits} with {workers} workers"
+    )
+    return [(("sweep", "max_concurrent"), why, sweep.max_concurrent)]
+
+
 def sweep_problems(spec_model: Any, spec_cls: type) -> list[tuple[tuple, str, Any]]:
     """(location under spec, message, given value) for each sweep parameter the spec cannot take.
 
@@ -343,7 +368,7 @@ def sweep_problems(spec_model: Any, spec_cls: type) -> list[tuple[tuple, str, An
     """
     sweep = spec_model.sweep
     data = spec_model.model_dump(mode="json", exclude={"sweep"})
-    out: list[tuple[tuple, str, Any]] = cadence_problems(spec_model)
+    out: list[tuple[tuple, str, Any]] = cadence_problems(spec_model) + cluster_size_problems(spec_model)
     for raw_path, dist in sweep.parameters.items():
         loc = ("sweep", "parameters", raw_path)
         path = canonical_path(raw_path, data)

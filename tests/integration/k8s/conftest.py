@@ -11,7 +11,7 @@ import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from emulator import RunningEmulator  # noqa: E402
-from harness import KUBERAY_RAYJOBS, Api, Operator  # noqa: E402
+from harness import KUBERAY_RAYCLUSTERS, KUBERAY_RAYJOBS, Api, Operator  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +24,9 @@ def emulator() -> Iterator[RunningEmulator]:
 
     emu = RunningEmulator().start()
     emu.register_crd(crd())
-    emu.register_crd(
-        yaml.load(KUBERAY_RAYJOBS.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    )
+    fast = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # KubeRay's CRDs are megabytes of YAML
+    emu.register_crd(yaml.load(KUBERAY_RAYJOBS.read_text(), Loader=fast))
+    emu.register_crd(yaml.load(KUBERAY_RAYCLUSTERS.read_text(), Loader=fast))
     yield emu
     emu.stop()
 

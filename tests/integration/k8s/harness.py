@@ -18,6 +18,8 @@ import yaml
 from tests.conftest import ROOT, SHARED
 
 KUBERAY_RAYJOBS = SHARED / "kuberay" / "ray.io_rayjobs.yaml"
+KUBERAY_RAYCLUSTERS = SHARED / "kuberay" / "ray.io_rayclusters.yaml"
+RC = "ray.io/v1/rayclusters"
 TJ = "kubetrain.dev/v1alpha1/trainingjobs"
 RJ = "ray.io/v1/rayjobs"
 MERGE = {"Content-Type": "application/merge-patch+json"}

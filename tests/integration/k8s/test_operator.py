@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from harness import RJ, TJ, Operator, eventually, trainingjob
+from harness import RC, RJ, TJ, Operator, eventually, trainingjob
 
 from kubetrain.runtime.status_reporter import KubeStatusReporter
 
@@ -74,10 +74,11 @@ def test_a_job_runs_to_success_and_its_status_mirrors_the_rayjob(api, operator):
 
     # printer columns, as the apiserver would print them (kubectl get trainingjobs)
     table = api.table(TJ, NS)
-    names = [c["name"] for c in table["columnDefinitions"]]
+    names = [c["name"] for c in table["columnDefinitions"] if not c["priority"]]  # -o wide shows the rest
     row = next(r["cells"] for r in table["rows"] if r["cells"][0] == "life")
     assert names == ["Name", "Phase", "Progress", "Workers", "Metric", "Age"]
     assert row[:5] == ["life", "Succeeded", 25.0, 2, "eval_loss=1.5"]
+    assert row[6:] == [1, None]  # Attempt, Resumed-From
 
     # a finished job stays finished, whatever the RayJob does next
     api.play_kuberay(NS, "life", jobDeploymentStatus="Running", jobStatus="RUNNING")
@@ -140,6 +141,63 @@ def test_deleting_the_job_takes_the_rayjob_with_it(api, operator):
     assert api.delete(TJ, NS, "gone").status_code == 200
     # the emulator's garbage collector follows ownerReferences, as the apiserver's does
     assert api.get(RJ, NS, "gone") is None and api.get("v1/configmaps", NS, "gone-spec") is None
+
+
+def finish(api, name, outcome, cluster, **lifecycle):
+    """Create a job with these TTLs, then play KubeRay: a RayCluster, a finished attempt with it."""
+    body = trainingjob(name, NS)
+    body["spec"]["lifecycle"].update(lifecycle)
+    api.create(TJ, NS, body)
+    eventually(lambda: api.get(RJ, NS, name))
+    api.create(RC, NS, {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": cluster}})
+    deployment, job_status = ("Complete", "SUCCEEDED") if outcome == "success" else ("Failed", "FAILED")
+    api.play_kuberay(NS, name, jobDeploymentStatus=deployment, jobStatus=job_status, rayClusterName=cluster,
+                     **({"succeeded": 1} if outcome == "success" else {"failed": 1}))  # fmt: skip
+
+
+def test_the_cluster_goes_after_its_outcomes_ttl_and_a_failed_one_stays_for_debugging(api, operator):
+    finish(
+        api,
+        "keep-failed",
+        "failure",
+        "keep-failed-aaaaa",
+        ttl_seconds_after_success=0,
+        ttl_seconds_after_failure=3600,
+    )
+    finish(
+        api,
+        "drop-done",
+        "success",
+        "drop-done-bbbbb",
+        ttl_seconds_after_success=2,
+        ttl_seconds_after_failure=3600,
+    )
+    assert api.get(RJ, NS, "drop-done")["spec"]["ttlSecondsAfterFinished"] == 3600  # KubeRay's backstop
+    done = phase_is(api, "drop-done", "Succeeded")
+    assert api.get(RC, NS, "drop-done-bbbbb") is not None and not done.get(
+        "clusterDeletionTime"
+    )  # TTL running
+    eventually(lambda: api.get(RC, NS, "drop-done-bbbbb") is None, timeout=30)
+    deleted = eventually(lambda: status(api, "drop-done").get("clusterDeletionTime"))
+    assert deleted >= done["completionTime"] and status(api, "drop-done")["attempt"] == 1
+    failed = phase_is(api, "keep-failed", "Failed")
+    assert api.get(RC, NS, "keep-failed-aaaaa") is not None and not failed.get("clusterDeletionTime")
+    assert api.get(RJ, NS, "drop-done") is not None  # the RayJob stays as the record of the run
+
+
+def test_a_failed_attempt_with_retries_left_is_retried_not_failed(api, operator):
+    body = trainingjob("retried", NS)
+    body["spec"]["lifecycle"]["backoff_limit"] = 1
+    api.create(TJ, NS, body)
+    eventually(lambda: api.get(RJ, NS, "retried"))
+    api.play_kuberay(NS, "retried", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    assert phase_is(api, "retried", "Running")["attempt"] == 1
+    api.play_kuberay(NS, "retried", jobDeploymentStatus="Retrying", jobStatus="FAILED", failed=1)
+    assert phase_is(api, "retried", "Queued")["attempt"] == 2
+    api.play_kuberay(NS, "retried", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    assert phase_is(api, "retried", "Running")["attempt"] == 2
+    api.play_kuberay(NS, "retried", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    assert phase_is(api, "retried", "Succeeded")["attempt"] == 2
 
 
 def test_metrics_and_health(api, operator):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import yaml
-from harness import RJ, TJ, eventually, trainingjob
+from harness import RC, RJ, TJ, eventually, trainingjob
 
 from kubetrain.runtime.status_reporter import KubeStatusReporter
 from tests.conftest import ROOT
@@ -49,6 +49,16 @@ def test_operator_and_runtime_use_exactly_what_rbac_grants(api, emulator, start_
     bad["spec"]["peft"]["target_modules"] = 7
     api.create(TJ, NS, bad)
     eventually(lambda: (api.get(TJ, NS, "rbac-invalid").get("status") or {}).get("reason") == "InvalidSpec")
+    done = trainingjob("rbac-done", NS)
+    done["spec"]["lifecycle"]["ttl_seconds_after_success"] = 0
+    api.create(TJ, NS, done)
+    eventually(lambda: api.get(RJ, NS, "rbac-done"))
+    api.create(
+        RC, NS, {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "rbac-done-x1y2z"}}
+    )
+    api.play_kuberay(NS, "rbac-done", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED",
+                     rayClusterName="rbac-done-x1y2z")  # fmt: skip
+    eventually(lambda: api.get(RC, NS, "rbac-done-x1y2z") is None)  # clean-up by outcome: TTL 0
     log = emulator.request_log()[start:]
 
     operator = used(log, ("kopf/", "kubetrain-operator/"))
