@@ -32,3 +32,20 @@ def smollm2_dir() -> str:
     return resolve_model_dir(
         ModelSpec(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"), ROOT / ".kubetrain" / "models"
     )
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto server) on 127.0.0.1 for the session; see tests/s3.py."""
+    from tests.s3 import running_s3
+
+    with running_s3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This process talks to the test S3 server (AWS_ENDPOINT_URL and keys), undone after the test."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server

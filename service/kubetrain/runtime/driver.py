@@ -10,8 +10,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rich.markup import escape  # error texts carry [brackets] (gloo, Ray): never markup
+
 from ..spec import TrainingJob
 from . import data as data_mod
+from . import storage
 from .console import RunConsole
 from .models import ModelUnavailable, resolve_model_dir
 from .tracking import Tracker, git_commit, learning_curve, versions
@@ -74,11 +77,11 @@ def resolve_paths(job: TrainingJob) -> TrainingJob:
             if (v := getattr(job.spec.data, k)) and "://" not in v and os.path.exists(v)
         }
     )
-    storage = job.spec.checkpoint.storage
-    if storage.startswith("pvc://") or "://" not in storage:
-        storage = local_path(storage)
+    root = job.spec.checkpoint.storage
+    if not storage.is_remote(root):
+        root = local_path(root)
     spec = job.spec.model_copy(
-        update={"data": data, "checkpoint": job.spec.checkpoint.model_copy(update={"storage": storage})}
+        update={"data": data, "checkpoint": job.spec.checkpoint.model_copy(update={"storage": root})}
     )
     return job.model_copy(update={"spec": spec})
 
@@ -116,10 +119,11 @@ def run_job(
     _check_inputs(job)
     job = resolve_paths(job)
     spec = job.spec
+    remote = storage.is_remote(spec.checkpoint.storage)
     run_dir = (
-        os.path.join(spec.checkpoint.storage, job.name)
-        if "://" not in spec.checkpoint.storage
-        else os.path.join(local_root, "runs", job.name)
+        os.path.join(local_root, "runs", job.name)
+        if remote
+        else os.path.join(spec.checkpoint.storage, job.name)
     )
     result = RunResult(job.name, False, run_dir)
     os.makedirs(run_dir, exist_ok=True)
@@ -128,7 +132,7 @@ def run_job(
         model_dir = None if in_cluster else resolve_model_dir(spec.model, os.path.join(local_root, "models"))
     except ModelUnavailable as e:
         result.error = str(e)
-        console.say(f"[red]error:[/red] {e}")
+        console.say(f"[red]error:[/red] {escape(str(e))}")
         return result
 
     tracker = Tracker(job, run_dir, local_root, parent_run_id=parent_run_id, extra_tags=extra_tags)
@@ -164,6 +168,8 @@ def run_job(
         "final_dir": final_dir,
         "best_dir": best_dir,
         "init_checkpoint": init_checkpoint,
+        # remote storage: the models also go there, since the driver's disk is not the workers' in a cluster
+        "publish_root": storage.join(spec.checkpoint.storage, job.name) if remote else None,
     }
     from .loop import train_loop_per_worker
 
@@ -221,6 +227,10 @@ def run_job(
             )
     result.seconds = time.time() - started
     result.history = progress.history
+    if remote and result.succeeded:  # written on a worker's node: fetch the published copies
+        for local, leaf in ((final_dir, "final"), (best_dir, "best")):
+            if not os.path.exists(local):
+                storage.download_dir(storage.join(config["publish_root"], leaf), local)
     if os.path.exists(final_dir) and result.succeeded:
         result.final_dir = final_dir
         tracker.log_artifacts(final_dir, "model")

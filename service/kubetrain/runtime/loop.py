@@ -16,6 +16,7 @@ import torch.distributed as dist
 from ..spec import TrainingJob
 from . import data as data_mod
 from . import state as ckpt
+from . import storage
 from .channel import Channel
 from .engines import data_shard, kept_rng, make_engine, prepare_environment
 from .evaluate import evaluate, exact_match
@@ -230,7 +231,9 @@ def train_loop_per_worker(config: dict) -> None:
                 _early_stopping(spec, st, evaluated)
                 if spec.checkpoint.keep_best and st.best_step == st.step:
                     info = {"step": st.step, "metric": _watched(spec), "value": st.best_metric}
-                    _publish_model(engine, rank, tokenizer, config["best_dir"], info=info)
+                    _publish_model(
+                        engine, rank, tokenizer, config["best_dir"], info=info, mirror=_mirror(config, "best")
+                    )
             if st.step % ckpt_every == 0 or last or st.stopped_early:
                 _checkpoint(rank, engine, st, evaluated)
             if last or st.stopped_early:
@@ -251,6 +254,7 @@ def train_loop_per_worker(config: dict) -> None:
         config["final_dir"],
         merge=getattr(spec.peft, "merge_on_save", False),
         info={"step": st.step, "job": job.name, "strategy": spec.strategy.type},
+        mirror=_mirror(config, "final"),
     )
     if rank == 0:
         channel.emit("final", path=config["final_dir"], step=st.step)
@@ -310,12 +314,26 @@ def _checkpoint(rank, engine, st: ckpt.TrainState, metrics: dict) -> None:
 
 
 def _publish_model(
-    engine, rank: int, tokenizer, dest: str, merge: bool = False, info: dict | None = None
+    engine,
+    rank: int,
+    tokenizer,
+    dest: str,
+    merge: bool = False,
+    info: dict | None = None,
+    mirror: str | None = None,
 ) -> None:
-    """Collective: the whole model gathered by the engine; rank 0 writes it (see _write_model)."""
+    """Collective: the whole model gathered by the engine; rank 0 writes it (see _write_model), and copies it
+    to `mirror` in the job's remote storage, where a driver on another node finds it."""
     with engine.whole_model() as whole:
         if rank == 0:
             _write_model(whole, tokenizer, dest, merge, info)
+            if mirror:
+                storage.upload_dir(dest, mirror)
+
+
+def _mirror(config: dict, leaf: str) -> str | None:
+    root = config.get("publish_root")
+    return storage.join(root, leaf) if root else None
 
 
 def _write_model(model, tokenizer, dest: str, merge: bool = False, info: dict | None = None) -> None:

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 import yaml
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
+from rich.markup import escape  # error texts carry [brackets] (gloo, Ray): never markup
 
 from ..spec import TrainingJob
 from ..spec.sweep import TRIAL_DRIVER_CPUS, TRIAL_DRIVER_RESOURCE
+from . import storage
 from . import sweep_space as space
 from .driver import _check_inputs, _init_ray, resolve_paths, run_job, running_in_cluster
 from .sweep_report import SweepConsole, log_plots
@@ -361,7 +363,10 @@ def _trial(
                         "trial_id": trial_id,
                         "run_name": name,
                         "step": metrics["step"],
-                        "train_checkpoint": train_checkpoint_dir(info["run_dir"], metrics["step"]),
+                        # Ray Train keeps the run's checkpoints under <storage>/<run name>
+                        "train_checkpoint": train_checkpoint_dir(
+                            storage.join(trials_root, name), metrics["step"]
+                        ),
                     },
                     f,
                 )
@@ -405,9 +410,9 @@ def _trial(
         report({**last[-1], "trial_finished": 1})
 
 
-def train_checkpoint_dir(run_dir: str, step: int) -> str:
+def train_checkpoint_dir(run_root: str, step: int) -> str:
     """The Ray Train checkpoint a run writes at `step` (runtime/loop.py names them checkpoint_<step:08d>)."""
-    return os.path.join(run_dir, f"checkpoint_{step:08d}")
+    return storage.join(run_root, f"checkpoint_{step:08d}")
 
 
 def restart_point(checkpoint, trial_id: str, sweep_name: str, trials_root: str) -> dict:
@@ -421,7 +426,7 @@ def restart_point(checkpoint, trial_id: str, sweep_name: str, trials_root: str) 
         with open(os.path.join(d, EXCHANGE_FILE)) as f:
             saved = json.load(f)
     segment = 1
-    while os.path.exists(os.path.join(trials_root, space.trial_name(sweep_name, trial_id, segment))):
+    while storage.exists(storage.join(trials_root, space.trial_name(sweep_name, trial_id, segment))):
         segment += 1
     return {
         "run_name": space.trial_name(sweep_name, trial_id, segment),
@@ -435,7 +440,7 @@ def _wait_for_checkpoint(path: str, timeout_s: float = CHECKPOINT_WAIT_S) -> Non
     from .state import STATE
 
     deadline = time.monotonic() + timeout_s
-    while not os.path.exists(os.path.join(path, STATE)):
+    while not storage.exists(storage.join(path, STATE)):
         if time.monotonic() > deadline:
             raise RuntimeError(f"the checkpoint to restart from, {path}, did not appear in {timeout_s:.0f} s")
         time.sleep(0.5)
@@ -457,9 +462,13 @@ def run_sweep(
     _check_inputs(job)
     job = resolve_paths(job)
     sweep = job.spec.sweep
-    sweep_dir = os.path.join(job.spec.checkpoint.storage, job.name)
+    # Tune's state and the trials' Ray Train runs live in the job's storage (shared by every node in a
+    # cluster); the sweep's own files (sweep.json, plots, the best job) beside it, or locally for a URI.
+    sweep_root = storage.join(job.spec.checkpoint.storage, job.name)
+    remote = storage.is_remote(sweep_root)
+    sweep_dir = os.path.join(local_root, "runs", job.name) if remote else sweep_root
     os.makedirs(sweep_dir, exist_ok=True)
-    exp_dir = os.path.join(sweep_dir, "tune")
+    exp_dir = storage.join(sweep_root, "tune")
     result = SweepResult(job.name, False, sweep_dir)
 
     console = SweepConsole(show, job.name, [o.metric for o in sweep.objectives()], list(sweep.parameters))
@@ -478,7 +487,7 @@ def run_sweep(
 
     def failed(msg: str) -> SweepResult:
         result.error = msg
-        console.say(f"[red]error:[/red] {msg}")
+        console.say(f"[red]error:[/red] {escape(msg)}")
         tracker.end("FAILED")
         return result
 
@@ -504,7 +513,7 @@ def run_sweep(
             _trial,
             base=base,
             sweep_name=job.name,
-            trials_root=os.path.join(sweep_dir, "trials"),
+            trials_root=storage.join(sweep_root, "trials"),
             experiment=job.spec.tracking.experiment or job.name,
             local_root=local_root,
             parent_run_id=tracker.run_id,
@@ -542,7 +551,7 @@ def run_sweep(
                 ),
                 run_config=tune.RunConfig(
                     name="tune",
-                    storage_path=sweep_dir,
+                    storage_path=sweep_root,
                     callbacks=[Forward(key)],
                     stop=FailureBudget(key),
                     verbose=0,

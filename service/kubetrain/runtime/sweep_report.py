@@ -8,6 +8,7 @@ import sys
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape  # error texts carry [brackets] (gloo, Ray): never markup
 from rich.table import Table
 
 STATUS_STYLE = {
@@ -104,7 +105,11 @@ class SweepConsole:
                     for r in result.pareto
                 )
             )
-        status = "[green]succeeded[/green]" if result.succeeded else f"[red]failed[/red]: {result.error}"
+        status = (
+            "[green]succeeded[/green]"
+            if result.succeeded
+            else f"[red]failed[/red]: {escape(result.error or '')}"
+        )
         c.print(f"\nSweep {status} in {result.seconds:.0f} s")
         c.print(f"MLflow:           {result.mlflow_hint}")
         sys.stdout.flush()
