@@ -8,9 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..client import errors
 from . import files
 
-EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 1, 2
+EXIT_OK, EXIT_INVALID, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_CODES: dict[type[errors.ClientError], int] = {errors.JobFailed: EXIT_FAILED, errors.Unavailable: EXIT_UNAVAILABLE,
+                                                   errors.WaitTimeout: EXIT_UNAVAILABLE}  # fmt: skip
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -35,9 +38,9 @@ def _run(args: argparse.Namespace) -> int:
     job = files.read_job_or_report(args.file, args.set)
     if job is None:
         return EXIT_INVALID
-    from ..client.local import LocalBackend
+    from ..client.local import run_foreground
 
-    result = LocalBackend().run(job)
+    result = run_foreground(job, root=args.root)
     return EXIT_OK if result.succeeded else EXIT_FAILED
 
 
@@ -57,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a TrainingJob locally (local Ray, MLflow on SQLite)")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a field")
+    p.add_argument(
+        "--root", default=".kubetrain", help="runs, models and the MLflow store (default .kubetrain)"
+    )
     p.set_defaults(func=_run)
 
-    for name in ("k8s",):  # optional command groups that register themselves
+    for name in ("k8s", "jobs"):  # optional command groups that register themselves
         try:
             module = __import__(f"kubetrain.cli.{name}", fromlist=["register"])
         except ImportError:
@@ -75,6 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except files.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
+    except errors.Invalid as e:
+        for problem in e.problems:
+            print(problem.render(e.source) if e.source else f"error: {problem.render()}", file=sys.stderr)
+        return EXIT_INVALID
+    except errors.ClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CODES.get(type(e), EXIT_INVALID)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape  # error texts carry [brackets] (gloo, Ray): never markup
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -45,9 +46,9 @@ class RunConsole:
         if not self.enabled:
             return
         if self.progress is not None:
-            self.progress.console.print(text)
+            self.progress.console.print(text, soft_wrap=True)
         else:
-            self.console.print(text)
+            self.console.print(text, soft_wrap=True)  # messages carry paths: never broken across lines
 
     def start(self, total: int, step: int) -> None:
         self.total = total
@@ -98,9 +99,10 @@ class RunConsole:
         c.print()
         keys = [k for k in LABELS if k in result.before or k in result.after]
         if keys:
-            table = Table(
-                title=f"{result.job_name}: held-out validation ({result.validation_examples} examples)"
-            )
+            # the title is its own line: a table title wraps at the table's width (~40 columns)
+            c.print(f"[italic]{result.job_name}: held-out validation ({result.validation_examples} examples)[/]",
+                    soft_wrap=True)  # fmt: skip
+            table = Table()
             table.add_column("metric")
             table.add_column("before", justify="right")
             table.add_column("after", justify="right")
@@ -112,17 +114,22 @@ class RunConsole:
                 f"  {prompt.strip().splitlines()[-1][:90]}\n    expected {ref!r}  generated {got!r}",
                 markup=False,
             )
-        status = "[green]succeeded[/green]" if result.succeeded else f"[red]failed[/red]: {result.error}"
+        status = (
+            "[green]succeeded[/green]"
+            if result.succeeded
+            else f"[red]failed[/red]: {escape(result.error or '')}"
+        )
         c.print(
             f"\nRun {status} after {result.steps} steps in {result.seconds:.0f} s"
             + (" (stopped early)" if result.stopped_early else "")
         )
+        # paths, commands and URLs are never wrapped (soft_wrap: the terminal folds them, a pipe keeps one line)
         if result.final_dir:
-            c.print(f"Model/adapter: {result.final_dir}")
-        c.print(f"Checkpoints:   {result.run_dir}")
+            c.print(f"Model/adapter: {result.final_dir}", soft_wrap=True, markup=False, highlight=False)
+        c.print(f"Checkpoints:   {result.run_dir}", soft_wrap=True, markup=False, highlight=False)
         if result.tracking_note:
-            c.print(f"[yellow]{result.tracking_note}[/yellow]")
-        c.print(f"MLflow:        {result.mlflow_hint}")
+            c.print(f"[yellow]{result.tracking_note}[/yellow]", soft_wrap=True)
+        c.print(f"MLflow:        {result.mlflow_hint}", soft_wrap=True, markup=False, highlight=False)
         sys.stdout.flush()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 import types
 import typing
@@ -43,20 +44,167 @@ class SpecError(ValueError):
         super().__init__("\n".join(p.render(source) for p in problems))
 
 
+# Limits that keep hostile documents (alias bombs, deep nesting, huge scalars) a fast, clear 4xx.
+MAX_BYTES = 1 << 20  # a whole document
+MAX_SCALAR = 64 << 10  # one string or number
+MAX_DEPTH = 64  # nested mappings/sequences
+MAX_NODES = 100_000  # nodes after expanding every alias (a billion-laughs bomb has ~10^9)
+
+
+class _Hostile(Exception):
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.message, self.line = message, line
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, deep nesting and huge scalars while composing."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent):
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise _Hostile(
+                    f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark.line + 1
+                )
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+        node = super().compose_node(parent, index)
+        if isinstance(node, yaml.ScalarNode) and len(node.value) > MAX_SCALAR:
+            raise _Hostile(
+                f"a value of {len(node.value)} characters (at most {MAX_SCALAR})", node.start_mark.line + 1
+            )
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[Any, int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.value == "<<":
+                continue
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                raise _Hostile(f"duplicate key {key.value!r} (first at line {seen[key.value]})", line)
+            seen[key.value] = line
+        return node
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Nodes the document has once every alias is expanded (shared nodes counted per use)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_NODES + 1  # a cycle (recursive alias) counts as too big
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = size = min(size, MAX_NODES + 1)
+    return size
+
+
+def _check_size(text: str, source: str) -> None:
+    if len(text) > MAX_BYTES:
+        raise SpecError(
+            [Problem("", f"the document is {len(text)} bytes; at most {MAX_BYTES} are accepted")], source
+        )
+
+
 def parse_yaml(text: str, source: str = "") -> tuple[Any, dict[tuple, int]]:
-    """Parse one YAML document; return the data and a map from key path to 1-based line number."""
+    """Parse one YAML document; return the data and a map from key path to 1-based line number.
+
+    Hostile input (over MAX_BYTES, aliases expanding past MAX_NODES, nesting past MAX_DEPTH, a scalar
+    over MAX_SCALAR, duplicate keys) is a SpecError, raised before anything expands it.
+    """
+    _check_size(text, source)
+    loader = _GuardedLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_NODES:
+            raise _Hostile(f"the document expands to more than {MAX_NODES} values (aliases)", 1)
+        data = loader.construct_document(node) if node is not None else None
+        _check_tree(data, 0)  # aliases can nest nodes deeper than the text does
+        lines: dict[tuple, int] = {}
+        _index_lines(node, (), lines)
+    except _Hostile as e:
+        raise SpecError([Problem("", e.message, e.line)], source) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
         raise SpecError([Problem("", f"YAML syntax error: {e.problem or e}", line)], source) from None
     except yaml.YAMLError as e:
         raise SpecError([Problem("", f"YAML error: {e}")], source) from None
-    lines: dict[tuple, int] = {}
-    _index_lines(node, (), lines)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:  # e.g. an int of 5,000 digits
+        raise SpecError([Problem("", f"YAML value error: {str(e)[:200]}")], source) from None
+    finally:
+        loader.dispose()
     return data, lines
+
+
+def parse_json(text: str, source: str = "") -> Any:
+    """Parse a JSON document with the same limits as parse_yaml (size, depth, scalar size, duplicate keys)."""
+    _check_size(text, source)
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise _Hostile(f"duplicate key {key!r}")
+            out[key] = value
+        return out
+
+    try:
+        _json_depth(text)
+        data = json.loads(text, object_pairs_hook=pairs, parse_int=_bounded_int)
+        _check_tree(data, 0)
+    except _Hostile as e:
+        raise SpecError([Problem("", e.message)], source) from None
+    except json.JSONDecodeError as e:
+        raise SpecError(
+            [Problem("", f"JSON syntax error: {e.msg} (line {e.lineno} column {e.colno})", e.lineno)], source
+        ) from None
+    except (ValueError, RecursionError) as e:
+        raise SpecError([Problem("", f"JSON error: {str(e)[:200]}")], source) from None
+    return data
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _json_depth(text: str) -> None:
+    """Refuse deep nesting before json.loads recurses into it (strings skipped)."""
+    depth = 0
+    for m in _JSON_TOKENS.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _Hostile(f"nested deeper than {MAX_DEPTH} levels")
+        elif c in "]}":
+            depth -= 1
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 64:
+        raise _Hostile(f"a number of {len(text)} digits")
+    return int(text)
+
+
+def _check_tree(data: Any, depth: int) -> None:
+    if isinstance(data, (dict, list)):
+        if depth >= MAX_DEPTH:
+            raise _Hostile(f"nested deeper than {MAX_DEPTH} levels")
+        for value in data.values() if isinstance(data, dict) else data:
+            _check_tree(value, depth + 1)
+    elif isinstance(data, str) and len(data) > MAX_SCALAR:
+        raise _Hostile(f"a value of {len(data)} characters (at most {MAX_SCALAR})")
 
 
 def _index_lines(node: Any, path: tuple, out: dict[tuple, int]) -> None:
@@ -113,15 +261,19 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
         if not sep or not path.strip():
             raise SpecError([Problem("", f"--set expects path=value, got {item!r}")])
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = parse_yaml(raw)[0] if raw.strip() else ""
+        except SpecError:
             value = raw
         set_path(out, path.strip(), value)
     return out
 
 
-def load_job(text: str, source: str = "", overrides: Iterable[str] = ()) -> TrainingJob:
-    """Parse and validate a TrainingJob document; raise SpecError naming every problem."""
+def load_job(
+    text: str, source: str = "", overrides: Iterable[str] = (), json_only: bool = False
+) -> TrainingJob:
+    """Parse (YAML, or JSON with json_only) and validate a TrainingJob; raise SpecError naming every problem."""
+    if json_only:
+        return validate_job(parse_json(text, source), source, overrides)
     data, lines = parse_yaml(text, source)
     return validate_job(data, source, overrides, lines)
 
@@ -166,8 +318,8 @@ def _clean_loc(loc: tuple, data: Any) -> list[str | int]:
     cur = data
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
-        if isinstance(part, str) and _TYPE_LOC.match(part):
-            continue
+        if isinstance(part, str) and _TYPE_LOC.match(part) and not (isinstance(cur, dict) and part in cur):
+            continue  # a union member's type, unless the document really has a key of that name
         if isinstance(cur, dict) and isinstance(part, str) and part not in cur and not last:
             continue  # a discriminated-union tag, not a key of the document
         keys.append(part)
@@ -188,7 +340,7 @@ def _message(err: dict, keys: list, data: Any = None) -> str:
     if kind == "extra_forbidden":
         allowed = _allowed_fields(keys[:-1], data)
         hint = ""
-        if allowed:
+        if allowed and keys:
             close = difflib.get_close_matches(str(keys[-1]), allowed, n=1)
             hint = (f" (did you mean '{close[0]}'?)" if close else "") + f"; allowed: {', '.join(allowed)}"
         return f"unknown field{hint}"

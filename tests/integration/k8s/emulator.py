@@ -48,6 +48,8 @@ CORE = {
 }
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 NAMESPACES_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
+TOKENREVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+ACCESSREVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 
 def _now() -> str:
@@ -201,6 +203,8 @@ class Emulator(kmock.KubernetesEmulator):
         self.log: list[tuple[str, str, str | None, str]] = []  # (verb, resource, subresource, user agent)
         self.hold: tuple[str, asyncio.Event] | None = None  # (resource key, release): answer creates late
         self.failures: dict[str, int] = {}  # resource key -> how many creates to refuse with a 500
+        self.users: dict[str, dict[str, Any]] = {}  # bearer token -> TokenReview user (add_user)
+        self.rules: list[dict[str, Any]] = []  # RBAC-like grants the SubjectAccessReview checks (allow)
         for key, (kind, namespaced) in CORE.items():
             self.serve(Kind(key, kind, namespaced))
         for name in ("default",):
@@ -267,6 +271,8 @@ class Emulator(kmock.KubernetesEmulator):
     # -- HTTP entry points ------------------------------------------------------------------------
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw.method == "POST" and raw.path.rstrip("/") in (TOKENREVIEWS, ACCESSREVIEWS):
+            return await self._review(raw)
         match = NAMESPACES_PATH.match(raw.path)
         if match:  # kmock 0.8 cannot parse these paths
             await raw.read()
@@ -376,6 +382,61 @@ class Emulator(kmock.KubernetesEmulator):
         if verb == "delete":
             return self.delete(kind, ns, name), 200
         raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported")
+
+    # -- authentication and authorization: a table of users (by token) and RBAC-like rules ----------
+
+    def add_user(self, token: str, username: str, groups: tuple[str, ...] = ()) -> None:
+        """A bearer token the TokenReview accepts, as this user in these groups."""
+        self.users[token] = {"username": username, "uid": f"uid-{username}",
+                                                         "groups": [*groups, "system:authenticated"]}  # fmt: skip
+
+    def allow(self, subject: str, namespace: str, verbs: tuple[str, ...], resources: tuple[str, ...] = ("trainingjobs",),
+              group: str = "kubetrain.dev", names: tuple[str, ...] = ()) -> None:  # fmt: skip
+        """An RBAC grant: subject 'NAME' (a user) or 'group:NAME', namespace or '*', verbs and resources
+        ('trainingjobs', 'trainingjobs/status', ..., '*'); `names` limits it as RBAC's resourceNames do
+        (then a review without a name is not allowed by it)."""
+        self.rules.append(
+            {
+                "subject": subject,
+                "namespace": namespace,
+                "verbs": set(verbs),
+                "resources": set(resources),
+                "group": group,
+                "names": set(names),
+            }
+        )
+
+    def _allowed(self, spec: dict[str, Any]) -> bool:
+        attrs = spec.get("resourceAttributes") or {}
+        resource = attrs.get("resource", "") + (
+            f"/{attrs['subresource']}" if attrs.get("subresource") else ""
+        )
+        subjects = {spec.get("user", "")} | {f"group:{g}" for g in spec.get("groups") or []}
+        return any(
+            rule["subject"] in subjects
+            and rule["namespace"] in ("*", attrs.get("namespace"))
+            and rule["verbs"] & {"*", attrs.get("verb")}
+            and rule["resources"] & {"*", resource}
+            and rule["group"] in ("*", attrs.get("group", ""))
+            and (not rule["names"] or attrs.get("name") in rule["names"])
+            for rule in self.rules
+        )
+
+    async def _review(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """TokenReview (authentication.k8s.io/v1) and SubjectAccessReview (authorization.k8s.io/v1)."""
+        body = await raw.json()
+        kind = "tokenreviews" if raw.path.rstrip("/") == TOKENREVIEWS else "subjectaccessreviews"
+        group = "authentication.k8s.io" if kind == "tokenreviews" else "authorization.k8s.io"
+        self.log.append(("create", f"{group}/v1/{kind}", None, raw.headers.get("User-Agent", "")))
+        spec = body.get("spec") or {}
+        if kind == "tokenreviews":
+            user = self.users.get(spec.get("token", ""))
+            status: dict[str, Any] = {"authenticated": True, "user": user} if user else {"authenticated": False,
+                                                                                       "error": "invalid bearer token"}  # fmt: skip
+        else:
+            allowed = self._allowed(spec)
+            status = {"allowed": allowed, **({} if allowed else {"reason": "no RBAC rule allows it"})}
+        return aiohttp.web.json_response({**body, "status": status}, status=201)
 
     # -- the object store ---------------------------------------------------------------------------
 
@@ -700,6 +761,19 @@ class RunningEmulator:
     def fail_creates(self, key: str, times: int) -> None:
         """Answer the next `times` creates of this resource with a 500 (nothing stored)."""
         self.run(lambda: self.emulator.failures.__setitem__(key, times))
+
+    def add_user(self, token: str, username: str, groups: tuple[str, ...] = ()) -> None:
+        self.run(lambda: self.emulator.add_user(token, username, groups))
+
+    def allow(
+        self,
+        subject: str,
+        namespace: str,
+        verbs: tuple[str, ...],
+        resources: tuple[str, ...] = ("trainingjobs",),
+        names: tuple[str, ...] = (),
+    ) -> None:
+        self.run(lambda: self.emulator.allow(subject, namespace, verbs, resources, names=names))
 
     def release(self) -> None:
         def _release() -> None:

@@ -1,0 +1,168 @@
+"""REST API latency: p50/p99 of create/get/list through `kubetrain api` (TokenReview + SubjectAccessReview,
+cached; validation; one Kubernetes call) vs the same calls straight to the emulated Kubernetes API, with 16
+concurrent clients, in the same run. Goal: ratio (API p50 / direct p50, all calls) <= 1.5. Last line: JSON.
+
+    python bench/api_latency.py [--clients 16] [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+KUBERAY = ROOT.parent / "shared" / "kuberay" / "ray.io_rayjobs.yaml"
+TJ = "/apis/kubetrain.dev/v1alpha1/namespaces/{ns}/trainingjobs"
+TOKEN = "tok-bench-7a31"
+# the emulator in its own process, with a user the API's TokenReview accepts and RBAC that lets it do anything
+EMULATOR = f"""
+import sys, yaml
+sys.path.insert(0, {str(ROOT / "tests/integration/k8s")!r})
+from emulator import RunningEmulator
+from kubetrain.schema.crd import crd
+emu = RunningEmulator().start()
+emu.register_crd(crd())
+emu.register_crd(yaml.load(open({str(KUBERAY)!r}).read(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+emu.add_user({TOKEN!r}, "bench")
+emu.allow("bench", "*", ("*",), ("*",))
+print(emu.url, flush=True)
+sys.stdin.read()
+emu.stop()
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kubeconfig_for(url: str) -> str:
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "users": [{"name": "emulator", "user": {"token": "emulator-token"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "emulator"}}],
+    })  # fmt: skip
+
+
+def wait_ready(url: str, proc: subprocess.Popen) -> None:
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"{url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not become ready")
+
+
+def load(base: str, token: str, ns: str, clients: int, rounds: int) -> dict[str, list[float]]:
+    """`clients` threads, each `rounds` x (create, get, list) of its own jobs; latencies in ms per verb."""
+    body = yaml.safe_load((ROOT / "jobs/k8s/smollm2-lora.yaml").read_text())
+    out: dict[str, list[float]] = {"create": [], "get": [], "list": []}
+    lock, errors = threading.Lock(), []
+    start = threading.Barrier(clients)
+
+    def client(i: int) -> None:
+        mine: dict[str, list[float]] = {"create": [], "get": [], "list": []}
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+            start.wait()
+            for r in range(rounds):
+                name, path = f"c{i}-r{r}", TJ.format(ns=ns)
+                calls = (
+                    ("create", "POST", path, {"json": {**body, "metadata": {"name": name}}}),
+                    ("get", "GET", f"{path}/{name}", {}),
+                    ("list", "GET", path, {"params": {"labelSelector": f"client=c{i}"}}),
+                )
+                for verb, method, url, kw in calls:
+                    t = time.perf_counter()
+                    resp = http.request(method, url, **kw)
+                    mine[verb].append((time.perf_counter() - t) * 1000)
+                    if resp.status_code >= 300:
+                        errors.append(f"{verb} {resp.status_code} {resp.text[:200]}")
+        with lock:
+            for k, v in mine.items():
+                out[k] += v
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit(f"{len(errors)} failed calls, e.g. {errors[0]}")
+    return out
+
+
+def summary(lat: dict[str, list[float]]) -> dict[str, float]:
+    every = [x for v in lat.values() for x in v]
+    out = {f"{k}_p50_ms": round(percentile(v, 50), 2) for k, v in lat.items()}
+    out |= {f"{k}_p99_ms": round(percentile(v, 99), 2) for k, v in lat.items()}
+    out |= {
+        "p50_ms": round(percentile(every, 50), 2),
+        "p99_ms": round(percentile(every, 99), 2),
+        "calls": len(every),
+    }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="kubetrain-bench-"))
+    emu = subprocess.Popen([sys.executable, "-c", EMULATOR], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                           cwd=ROOT)  # fmt: skip
+    api = None
+    try:
+        emu_url = emu.stdout.readline().strip()
+        (tmp / "kubeconfig").write_text(kubeconfig_for(emu_url))
+        port = free_port()
+        api = subprocess.Popen([sys.executable, "-m", "kubetrain.cli.main", "api", "--backend", "kube", "--port", str(port)],
+                               env={**os.environ, "KUBECONFIG": str(tmp / "kubeconfig"), "KUBETRAIN_LOG_LEVEL": "WARNING"},
+                               stdout=(tmp / "api.log").open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+        api_url = f"http://127.0.0.1:{port}"
+        wait_ready(api_url, api)
+        load(emu_url, "emulator-token", "warm-direct", args.clients, 2)  # connections, caches, imports
+        load(api_url, TOKEN, "warm-api", args.clients, 2)
+        direct = summary(load(emu_url, "emulator-token", "direct", args.clients, args.rounds))
+        through = summary(load(api_url, TOKEN, "api", args.clients, args.rounds))
+    finally:
+        if api is not None:
+            api.terminate()
+            api.wait(timeout=30)
+        emu.stdin.close()
+        emu.wait(timeout=30)
+    print(f"{args.clients} clients x {args.rounds} rounds of create/get/list")
+    for verb in ("create", "get", "list"):
+        print(f"  {verb:6s}  direct p50 {direct[f'{verb}_p50_ms']:7.2f} ms  p99 {direct[f'{verb}_p99_ms']:7.2f} ms   "
+              f"through the API p50 {through[f'{verb}_p50_ms']:7.2f} ms  p99 {through[f'{verb}_p99_ms']:7.2f} ms")  # fmt: skip
+    ratio = round(through["p50_ms"] / direct["p50_ms"], 3)
+    ratio99 = round(through["p99_ms"] / direct["p99_ms"], 3)
+    print(f"ratio (API / direct, p50 of all calls): {ratio}  (p99: {ratio99}; goal <= 1.5)")
+    print(json.dumps({"bench": "api_latency", "clients": args.clients, "rounds": args.rounds, "ratio_p50": ratio,
+                      "ratio_p99": ratio99, "goal": 1.5, "direct": direct, "api": through}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
