@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 JOB ?= jobs/quickstart.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint generate bench clean
+.PHONY: install run test lint generate bench clean system-packages images images-lock fuzz
 
 install: $(STAMP)
 
@@ -26,8 +26,25 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(VENV)/bin/kubetrain run $(JOB)
 
-test: install
+test: install system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Debian packages the tests use: buildah + debootstrap (the images), PostgreSQL (MLflow's store). Only when missing.
+SYSTEM_PACKAGES := buildah debootstrap postgresql
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+# The images (Dockerfile targets control, runtime, mlflow) with buildah; images/build.sh: BASE_IMAGE, VARIANT.
+images: install system-packages
+	images/build.sh control runtime mlflow
+
+# Re-pin images/<target>.lock from freshly built images (after a dependency change in pyproject.toml).
+images-lock: install system-packages
+	LOCKED=no images/build.sh control runtime mlflow && images/lock.sh && images/build.sh control runtime mlflow
 
 lint: install
 	$(VENV)/bin/ruff check service tests bench
@@ -36,9 +53,14 @@ lint: install
 generate: install
 	$(PY) -m kubetrain.schema.generate
 
-BENCHES ?= overhead operator_scale asha_vs_random strategies
+BENCHES ?= overhead operator_scale asha_vs_random strategies api_latency
 bench: install
 	set -e; for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py; done
+
+# The REST API fuzzed longer than `make test` does (schemathesis; FUZZ_EXAMPLES per operation and mode)
+FUZZ_EXAMPLES ?= 300
+fuzz: install
+	KUBETRAIN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/integration/k8s/test_api_fuzz.py
 
 clean:
 	rm -rf $(VENV) .kubetrain

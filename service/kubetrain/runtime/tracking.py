@@ -2,10 +2,16 @@
 
 The MlflowClient API is used throughout (no fluent global state), so sweeps can nest runs safely and
 MLFLOW_EXPERIMENT_ID in the environment cannot redirect a run (a known Ray + MLflow pitfall).
+
+A tracking server that is unreachable at the start: the run records into a local SQLite store instead.
+One that goes away mid-run: buffer and retry. A failed call and every call after it wait in order in a
+queue; each later call first retries the queue, and the run's end retries it until KUBETRAIN_MLFLOW_FLUSH_TIMEOUT
+seconds (default 120) have passed, so a server that comes back receives every metric, tag and artifact.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -19,6 +25,9 @@ from ..spec import TrainingJob
 
 log = logging.getLogger(__name__)
 MAX_PARAM = 6000
+MAX_PENDING = (
+    100_000  # calls kept for a server that is away; older ones are dropped (metrics.jsonl keeps all)
+)
 
 
 def default_uri(root: str) -> str:
@@ -95,6 +104,9 @@ class Tracker:
         self.uri = job.spec.tracking.tracking_uri or default_uri(local_root)
         self.fallback: str | None = None  # why we are not writing to the configured store
         self._warned = False
+        self._pending: collections.deque[tuple[Any, tuple, dict]] = collections.deque()
+        self.dropped = 0  # calls dropped from a full queue
+        self._next_retry, self._backoff = 0.0, 1.0  # while away, the server is retried at most this often
 
     # -- setup ---------------------------------------------------------------------------------
     def start(self, tags: dict[str, str]) -> None:
@@ -140,8 +152,11 @@ class Tracker:
         }
         if self.parent_run_id:
             all_tags["mlflow.parentRunId"] = self.parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=t.run_name or self.job.name, tags=all_tags)
-        self.run_id = run.info.run_id
+        if not self.run_id:  # else a retried start: the run exists, the rest is safe to repeat
+            run = self.client.create_run(
+                self.experiment_id, run_name=t.run_name or self.job.name, tags=all_tags
+            )
+            self.run_id = run.info.run_id
         params = flatten(self.job.model_dump(mode="json", include={"spec"}, exclude_none=True))
         items = [Param(k[:250], v) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):
@@ -198,6 +213,30 @@ class Tracker:
     def end(self, status: str) -> None:
         if self.run_id:
             self._guard(self.client.set_terminated, self.run_id, status)
+            self.flush(float(os.environ.get("KUBETRAIN_MLFLOW_FLUSH_TIMEOUT", "120")))
+
+    @property
+    def pending(self) -> int:
+        """Calls still waiting for the tracking server."""
+        return len(self._pending)
+
+    def flush(self, timeout: float) -> bool:
+        """Retry the queued calls until they all went through or timeout seconds have passed."""
+        deadline, wait = time.monotonic() + timeout, 0.5
+        while not self._retry():
+            if time.monotonic() + wait > deadline:
+                log.warning(
+                    "MLflow at %s stayed unreachable: %d calls not delivered; metrics are kept in %s",
+                    self.uri,
+                    len(self._pending),
+                    self.metrics_file,
+                )
+                return False
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
+        if self._warned:
+            log.warning("MLflow at %s is back: every buffered call was delivered", self.uri)
+        return True
 
     # -- links ----------------------------------------------------------------------------------
     def ui_hint(self) -> str:
@@ -211,18 +250,59 @@ class Tracker:
         )
 
     def _guard(self, fn, *args, **kwargs) -> Any:
+        """Call fn now, or queue it behind earlier failed calls (order matters: a tag after its run...)."""
+        if self._pending and (time.monotonic() < self._next_retry or not self._retry()):
+            self._queue(fn, args, kwargs)
+            return None
         try:
             return fn(*args, **kwargs)
         except Exception as e:
+            if _hopeless(e):
+                log.warning(
+                    "MLflow rejected %s: %s", getattr(fn, "__name__", fn), str(e).splitlines()[0][:200]
+                )
+                return None
             if not self._warned:
                 self._warned = True
                 log.warning(
-                    "MLflow call failed (%s: %s); metrics are still kept in %s",
+                    "MLflow call failed (%s: %s); buffering and retrying (metrics are also kept in %s)",
                     type(e).__name__,
                     str(e).splitlines()[0][:200] if str(e) else "",
                     self.metrics_file,
                 )
+            self._queue(fn, args, kwargs)
+            self._next_retry = time.monotonic() + self._backoff
             return None
+
+    def _queue(self, fn, args: tuple, kwargs: dict) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            self._pending.popleft()
+            self.dropped += 1
+        self._pending.append((fn, args, kwargs))
+
+    def _retry(self) -> bool:
+        """Deliver queued calls in order; False (and the rest kept) at the first that still fails."""
+        while self._pending:
+            fn, args, kwargs = self._pending[0]
+            try:
+                fn(*args, **kwargs)
+            except Exception as e:
+                if not _hopeless(e):
+                    self._next_retry = time.monotonic() + self._backoff
+                    self._backoff = min(self._backoff * 2, 30.0)
+                    return False
+                log.warning("MLflow rejected a buffered call: %s", str(e).splitlines()[0][:200])
+            self._pending.popleft()
+        self._backoff = 1.0
+        return True
+
+
+def _hopeless(e: Exception) -> bool:
+    """The server answered and refused (bad input), or a local file is gone: retrying cannot help."""
+    if isinstance(e, FileNotFoundError):
+        return True
+    code = getattr(e, "get_http_status_code", lambda: None)()
+    return isinstance(code, int) and 400 <= code < 500 and code not in (408, 429)
 
 
 def _finite(v: Any) -> bool:

@@ -9,7 +9,8 @@ from .crd import PLURAL
 
 NAMESPACE = "kubetrain-system"
 NAME = "kubetrain-operator"
-DEFAULT_IMAGE = f"ghcr.io/kubetrain/kubetrain:{__version__}"
+# the control image (Dockerfile target `control`): the operator and the API, without the training stack
+DEFAULT_IMAGE = f"ghcr.io/kubetrain/kubetrain-control:{__version__}"
 METRICS_PORT = 9090
 HEALTH_PORT = 8080
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "kubetrain"}
@@ -37,6 +38,16 @@ RUNTIME_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
 ]
 RUNTIME_ROLE = "kubetrain-runtime"
+
+# What the REST API (`kubetrain api`, chart value api.enabled) does with its own service account: check callers
+# (TokenReview, SubjectAccessReview), then act on TrainingJobs for them, and read a job's submitter pod log.
+API_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "create", "patch", "delete"]},
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+]
 
 
 def rbac() -> list[dict[str, Any]]:
