@@ -23,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     from .driver import JobError, run_job
 
     try:
-        result = run_job(job, local_root=args.root)
+        if job.spec.sweep is not None:  # a sweep's RayJob runs the whole sweep on its cluster
+            from .sweep import run_sweep
+
+            result = run_sweep(job, local_root=args.root)
+        else:
+            result = run_job(job, local_root=args.root)
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -107,11 +107,13 @@ def run_job(
     worker_env: dict[str, str] | None = None,
     on_event: Callable[[dict], None] | None = None,
     init_checkpoint: str | None = None,
+    report_status: bool = True,
 ) -> RunResult:
     """Run the job to completion on a local Ray (or the cluster in RAY_ADDRESS); never raises for job errors.
 
     on_event, when given, sees every worker event after it is handled, in this thread, preceded by one
     {"kind": "run", "run_dir", "mlflow_run_id", "final_dir"} event (a sweep trial reports to Tune from it).
+    report_status: patch the TrainingJob's status.progress in a cluster (a sweep's trials leave it to the sweep).
     """
     started = time.time()
     local_root = os.path.abspath(local_root)
@@ -149,7 +151,7 @@ def run_job(
         tracker.run_id,
         tracker.fallback,
     )
-    reporter = _status_reporter()
+    reporter = status_reporter() if report_status else None
 
     import ray
     import ray.train
@@ -445,7 +447,7 @@ def _forwarded_env(spec) -> dict[str, str]:
     return out
 
 
-def _status_reporter():
+def status_reporter():
     try:
         from .status_reporter import KubeStatusReporter
     except ImportError:

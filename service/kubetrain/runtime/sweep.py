@@ -26,7 +26,7 @@ from ..spec import TrainingJob
 from ..spec.sweep import TRIAL_DRIVER_CPUS, TRIAL_DRIVER_RESOURCE
 from . import storage
 from . import sweep_space as space
-from .driver import _check_inputs, _init_ray, resolve_paths, run_job, running_in_cluster
+from .driver import _check_inputs, _init_ray, resolve_paths, run_job, running_in_cluster, status_reporter
 from .sweep_report import SweepConsole, log_plots
 from .tracking import Tracker, git_commit, versions
 
@@ -84,6 +84,7 @@ class SweepMonitor:
         self.dirty = False
         self.stop_reason: str | None = None
         self.retired: list[tuple[float, str]] = []  # (when, placement group id) of stopped trials
+        self.reporter = status_reporter()  # in a cluster: the TrainingJob's status.progress
 
     # -- persisted state (a rerun resumes the table, the failure count and the parent run) -------------
     def load(self) -> dict:
@@ -114,6 +115,28 @@ class SweepMonitor:
         """A trial paused, completed or failed: redraw the table; sweep.json follows at the step's end (flush)."""
         self.dirty = True
         self.console.update(self.rows)
+        self.report()
+
+    def report(self, final: bool = False) -> None:
+        """The sweep as the TrainingJob's progress: trials finished of all, the best value so far, the parent run."""
+        if self.reporter is None:
+            return
+        total = self.sweep.population
+        done = sum(r.status in ("completed", "stopped_early", "failed") for r in self.rows.values())
+        metric, mode = self.sweep.metric, self.sweep.mode
+        values = [r.metrics[metric] for r in self.rows.values() if metric in r.metrics]
+        best = (min if mode == "min" else max)(values) if values else None
+        self.reporter.report(
+            {
+                "step": done,
+                "total_steps": total,
+                "percent": round(100.0 * done / total, 1) if total else 0.0,
+                "metrics": {metric: best} if best is not None else {},
+                "mlflow_run_id": self.tracker.run_id,
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            final=final,
+        )
 
     def save(self) -> None:
         state = {
@@ -185,6 +208,7 @@ class SweepMonitor:
             }
         )
         self.console.update(self.rows)
+        self.report()
 
     def on_complete(self, trial) -> None:
         row = self._row(trial)
@@ -403,6 +427,7 @@ def _trial(
         worker_env=worker_env,
         on_event=on_event,
         init_checkpoint=start.get("init_checkpoint"),
+        report_status=False,  # the TrainingJob's status shows the sweep (SweepMonitor.report), not one trial
     )
     if not result.succeeded:
         raise RuntimeError(result.error or "the trial's training run failed")
@@ -568,6 +593,7 @@ def run_sweep(
         monitor.reap(grace_s=0.0)
         MONITORS.pop(key, None)
     monitor.save()
+    monitor.report(final=True)
     return _finish(job, monitor, result, started)
 
 

@@ -67,8 +67,8 @@ class Condition(_Status):
 class Progress(_Status):
     """Training progress, written by the runtime through the status subresource (never by the operator)."""
 
-    step: int | None = Field(None, description="Optimizer steps done.")
-    total_steps: int | None = Field(None, description="Optimizer steps planned.")
+    step: int | None = Field(None, description="Optimizer steps done (a sweep: trials finished).")
+    total_steps: int | None = Field(None, description="Optimizer steps planned (a sweep: trials in all).")
     percent: float | None = Field(None, description="step / total_steps x 100.")
     eta_seconds: float | None = Field(None, description="Estimated seconds to completion.")
     metrics: dict[str, float] = Field(
