@@ -30,7 +30,7 @@ ALLOWED = {  # layer -> kubetrain layers it may import at module level
     "render": {"spec", "schema"},
     "control": {"spec", "schema", "render"},
     "api": {"spec", "schema", "render", "control", "client"},
-    "client": {"spec", "schema", "render"},
+    "client": {"spec", "schema", "render", "control"},  # control/kube.py: the one way to connect
     "cli": {"spec", "schema", "render", "control", "client", "api", "cli"},
     "runtime": {"spec", "runtime"},
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..spec import Problem
 
 
@@ -74,3 +76,25 @@ def from_status(code: int, message: str, problems: list[Problem] | None = None) 
         409: AlreadyExists,
     }
     return kinds.get(code, Unavailable)(message if code in kinds else f"HTTP {code}: {message}")
+
+
+def from_answer(r: Any) -> ClientError:
+    """The error for an HTTP error answer carrying a metav1.Status (the Kubernetes API's, or kubetrain's API's,
+    whose 422 causes name the field and line as `kubetrain validate` does)."""
+    try:
+        body = r.json()
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    message = str(body.get("message") or r.text[:300] or r.reason_phrase)
+    problems = [_problem(c) for c in (body.get("details") or {}).get("causes") or []]
+    if r.status_code == 422 and not problems:
+        problems = [Problem("", message)]
+    return from_status(r.status_code, message, problems or None)
+
+
+def _problem(cause: dict[str, Any]) -> Problem:
+    field, message = str(cause.get("field") or ""), str(cause.get("message") or "")
+    if not field and ": " in message:  # the apiserver's CRD schema causes: "spec.x: Invalid value: ..."
+        field, message = message.split(": ", 1)
+    return Problem(field, message, cause.get("line"))

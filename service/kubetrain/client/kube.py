@@ -6,18 +6,16 @@ does the rest. Credentials come from kopf's login helpers (the same ones the ope
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
-import ssl
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from .. import API_VERSION, GROUP, KIND, VERSION, __version__
-from ..spec import Problem, TrainingJob
+from ..control.kube import tls_context
+from ..spec import TrainingJob
 from . import errors
 from .base import Backend, label_selector
 from .types import JobInfo
@@ -70,54 +68,16 @@ def connection(server: str | None = None, token: str | None = None) -> Connectio
         raise errors.Unavailable("no Kubernetes credentials: set KUBECONFIG or run inside a cluster")
     headers = {"Authorization": f"{info.scheme or 'Bearer'} {info.token}"} if info.token else {}
     auth = (info.username, info.password) if info.username and info.password and not info.token else None
-    context: Any = True
-    if info.insecure:
-        context = False
-    elif info.ca_path or info.ca_data or info.certificate_path or info.certificate_data:
-        context = ssl.create_default_context(cafile=info.ca_path or None,
-                                             cadata=_pem(info.ca_data) if info.ca_data else None)  # fmt: skip
-        if info.certificate_path or info.certificate_data:
-            context.load_cert_chain(_file(info.certificate_path, info.certificate_data),
-                                    _file(info.private_key_path, info.private_key_data))  # fmt: skip
+    context = tls_context(info)
+    context = True if context is None else context  # httpx: True verifies with the system's CAs
     return Connection(info.server, headers, context, auth, info.default_namespace or "default")
-
-
-def _pem(data: Any) -> str:
-    text = data.decode() if isinstance(data, bytes) else str(data)
-    return text if "-----BEGIN" in text else base64.b64decode(text).decode()
-
-
-def _file(path: str | None, data: Any) -> str | None:
-    if path or not data:
-        return path
-    raw = data if isinstance(data, bytes) else base64.b64decode(data)
-    f = tempfile.NamedTemporaryFile(prefix="kubetrain-", delete=False)  # noqa: SIM115 - ssl reads it by path
-    f.write(raw)
-    f.close()
-    return f.name
 
 
 def check(r: httpx.Response) -> httpx.Response:
     """Raise the SDK error for a Kubernetes API error answer (a metav1.Status)."""
-    if r.status_code < 400:
-        return r
-    try:
-        body = r.json()
-    except ValueError:
-        body = {}
-    message = str(body.get("message") or r.text[:300] or r.reason_phrase)
-    problems = None
-    if r.status_code == 422:
-        causes = (body.get("details") or {}).get("causes") or []
-        problems = [_problem(c) for c in causes] or [Problem("", message)]
-    raise errors.from_status(r.status_code, message, problems)
-
-
-def _problem(cause: dict[str, Any]) -> Problem:
-    field, message = str(cause.get("field") or ""), str(cause.get("message") or "")
-    if not field and ": " in message:
-        field, message = message.split(": ", 1)
-    return Problem(field, message)
+    if r.status_code >= 400:
+        raise errors.from_answer(r)
+    return r
 
 
 class KubeBackend(Backend):

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from .. import API_VERSION, KIND, __version__
-from ..spec import Problem, TrainingJob
+from ..spec import TrainingJob
 from . import errors
 from .base import Backend, label_selector
 from .types import JobInfo
@@ -20,18 +20,9 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 
 def check(r: httpx.Response) -> httpx.Response:
     """Raise the SDK error for an API error answer (a Kubernetes-style Status with field causes)."""
-    if r.status_code < 400:
-        return r
-    try:
-        body = r.json()
-    except ValueError:
-        body = {}
-    message = str(body.get("message") or r.text[:300] or r.reason_phrase)
-    causes = (body.get("details") or {}).get("causes") or []
-    problems = [
-        Problem(str(c.get("field") or ""), str(c.get("message") or ""), c.get("line")) for c in causes
-    ]
-    raise errors.from_status(r.status_code, message, problems or None)
+    if r.status_code >= 400:
+        raise errors.from_answer(r)
+    return r
 
 
 class RestBackend(Backend):

@@ -62,16 +62,7 @@ class Kube:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         elif info.username and info.password:
             auth = aiohttp.BasicAuth(info.username, info.password)
-        context: Any = None
-        if info.insecure:
-            context = False
-        elif info.ca_path or info.ca_data or info.certificate_path or info.certificate_data:
-            context = ssl.create_default_context(cafile=info.ca_path or None,
-                                                 cadata=_pem(info.ca_data) if info.ca_data else None)  # fmt: skip
-            if info.certificate_path or info.certificate_data:
-                context.load_cert_chain(_file(info.certificate_path, info.certificate_data),
-                                        _file(info.private_key_path, info.private_key_data))  # fmt: skip
-        return cls(info.server, headers, context, auth)
+        return cls(info.server, headers, tls_context(info), auth)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -164,6 +155,21 @@ def _path(api_version: str, kind: str, namespace: str) -> str:
 def _check(r: Response) -> None:
     if r.status_code >= 400:
         raise KubeError(r.status_code, r.text)
+
+
+def tls_context(info: Any) -> Any:
+    """TLS for a kopf ConnectionInfo: False (insecure), an SSLContext (its CA and client certificate), or None
+    (the system's defaults). The operator and the SDK's kube backend connect the same way."""
+    if info.insecure:
+        return False
+    if not (info.ca_path or info.ca_data or info.certificate_path or info.certificate_data):
+        return None
+    context = ssl.create_default_context(cafile=info.ca_path or None,
+                                         cadata=_pem(info.ca_data) if info.ca_data else None)  # fmt: skip
+    if info.certificate_path or info.certificate_data:
+        context.load_cert_chain(_file(info.certificate_path, info.certificate_data),
+                                _file(info.private_key_path, info.private_key_data))  # fmt: skip
+    return context
 
 
 def _pem(data: Any) -> str:
