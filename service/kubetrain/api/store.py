@@ -14,12 +14,13 @@ from starlette.concurrency import run_in_threadpool
 from .. import API_VERSION, KIND
 from ..client import errors
 from ..client.base import Backend, label_selector
-from ..client.kube import MERGE, TRAININGJOBS, Connection, KubeBackend, check
+from ..client.http import MERGE, TRAININGJOBS, check
+from ..client.kube import Connection, KubeBackend
 from ..spec import TrainingJob
 
 
 class Answer:
-    """Status and body of one Kubernetes API answer (what client.kube.check reads)."""
+    """Status and body of one Kubernetes API answer (what client.http.check reads)."""
 
     def __init__(self, status: int, content: bytes, reason: str = ""):
         self.status_code, self.content, self.reason_phrase = status, content, reason
