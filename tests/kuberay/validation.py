@@ -10,7 +10,7 @@ and ValidateRayJobStatus. Messages are KubeRay's, word for word; each check name
 
 Left out (a kubetrain RayJob never sets these fields, and the port says so instead of guessing):
 GCS fault-tolerance backends (validateGcsFaultToleranceBackend), network policy and TLS options, the history
-server collector, auth options beyond the version check, RayService and RayCronJob rules.
+server collector, auth options other than the K8s token auth refusal, RayService and RayCronJob rules.
 """
 
 from __future__ import annotations
