@@ -26,6 +26,8 @@ import time
 import httpx
 import yaml
 
+from operator_scale import kubeconfig_for  # bench/ is on sys.path when run as a script
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KUBERAY = ROOT.parent / "shared" / "kuberay" / "ray.io_rayjobs.yaml"
 TJ = "/apis/kubetrain.dev/v1alpha1/namespaces/{ns}/trainingjobs"
@@ -56,15 +58,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def kubeconfig_for(url: str) -> str:
-    return json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-        "users": [{"name": "emulator", "user": {"token": "emulator-token"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "emulator"}}],
-    })  # fmt: skip
 
 
 def wait_ready(url: str, proc: subprocess.Popen) -> None:

@@ -12,38 +12,29 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import signal
 import subprocess
 
 import pytest
 import yaml
 
+from tests.buildah import ENV as BUILDAH_ENV
+from tests.buildah import build, buildah, needs_buildah
 from tests.conftest import ROOT
 from tests.integration.conftest import TINY
 from tests.integration.servers import free_port, running_postgres, wait_until
 
 IMAGE = "ghcr.io/kubetrain/kubetrain:0.1.0"
-BUILDAH = {**os.environ, "STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(
-        shutil.which("buildah") is None, reason="buildah is not installed (make test installs it)"
-    ),
+    needs_buildah,
 ]
-
-
-def buildah(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["buildah", *args], env=BUILDAH, check=check, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
 def runtime_image() -> str:
-    build = subprocess.run(
-        [str(ROOT / "images" / "build.sh"), "runtime"], cwd=ROOT, env=BUILDAH, capture_output=True, text=True
-    )
-    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    build("runtime")
     return IMAGE
 
 
@@ -90,10 +81,7 @@ def test_the_runtime_image_runs_a_tiny_job(runtime_image, tmp_path):
 
 @pytest.fixture(scope="module")
 def mlflow_image() -> str:
-    build = subprocess.run(
-        [str(ROOT / "images" / "build.sh"), "mlflow"], cwd=ROOT, env=BUILDAH, capture_output=True, text=True
-    )
-    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    build("mlflow")
     return "ghcr.io/kubetrain/kubetrain-mlflow:0.1.0"
 
 
@@ -130,7 +118,7 @@ def test_the_mlflow_image_serves_the_charts_command_on_postgresql(mlflow_image, 
         container = buildah("from", mlflow_image).stdout.strip()
         server = subprocess.Popen(
             ["buildah", "run", "--network", "host", "--volume", f"{artifacts}:/mlartifacts", container, "--", *args],
-            env=BUILDAH, stdout=(tmp_path / "mlflow.log").open("w"), stderr=subprocess.STDOUT,
+            env=BUILDAH_ENV, stdout=(tmp_path / "mlflow.log").open("w"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         try:

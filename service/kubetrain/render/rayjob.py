@@ -194,10 +194,11 @@ def _pod(job: TrainingJob, platform: PlatformConfig, container: str, head: bool)
             {"name": "dashboard", "containerPort": 8265},
             {"name": "client", "containerPort": 10001},
         ]
-    volumes = _volumes(job, platform, head, memory=main["resources"]["limits"]["memory"])
+    claim = _storage_claim(job, platform)
+    volumes = _volumes(job, head, claim, memory=main["resources"]["limits"]["memory"])
     main["volumeMounts"] = [mount for _, mount in volumes]
     pod["volumes"] = [volume for volume, _ in volumes]
-    if _storage_claim(job, platform):
+    if claim:
         main["env"].append({"name": "KUBETRAIN_PVC_ROOT", "value": PVC_ROOT})
     account = res.service_account or platform.service_account
     if account:
@@ -230,7 +231,7 @@ def _resources(job: TrainingJob, platform: PlatformConfig, head: bool) -> dict[s
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _volumes(job: TrainingJob, platform: PlatformConfig, head: bool, memory: str) -> list[tuple[dict, dict]]:
+def _volumes(job: TrainingJob, head: bool, claim: str | None, memory: str) -> list[tuple[dict, dict]]:
     """(volume, mount) pairs: the spec on the head, /dev/shm in memory, PVC checkpoint storage on every pod.
 
     /dev/shm: the container runtime's default is 64 MB, too small for NCCL's shared-memory transport and
@@ -249,7 +250,6 @@ def _volumes(job: TrainingJob, platform: PlatformConfig, head: bool, memory: str
                 {"name": "kubetrain-spec", "mountPath": SPEC_DIR, "readOnly": True},
             )
         )
-    claim = _storage_claim(job, platform)
     if claim:  # checkpoint storage on a PersistentVolumeClaim: mounted on every Ray pod
         out.append(
             (

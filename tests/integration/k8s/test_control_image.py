@@ -9,7 +9,6 @@ reconciles one TrainingJob into its RayJob.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import uuid
@@ -18,27 +17,17 @@ import httpx
 import pytest
 from harness import RJ, TJ, Operator, eventually, trainingjob
 
-from tests.conftest import ROOT
+from tests.buildah import ENV as BUILDAH_ENV
+from tests.buildah import build, buildah, needs_buildah
 
 NS = "image"
 IMAGE = "ghcr.io/kubetrain/kubetrain-control:0.1.0"
-BUILDAH = {**os.environ, "STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("buildah") is None, reason="buildah is not installed (make test installs it)"
-)
-
-
-def buildah(*args: str) -> str:
-    return subprocess.run(["buildah", *args], env=BUILDAH, check=True, capture_output=True, text=True).stdout
+pytestmark = needs_buildah
 
 
 @pytest.fixture(scope="module")
 def control_image() -> str:
-    build = subprocess.run(
-        [str(ROOT / "images" / "build.sh"), "control"], cwd=ROOT, env=BUILDAH, capture_output=True, text=True
-    )
-    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    build("control")
     return IMAGE
 
 
@@ -63,7 +52,7 @@ class ImageOperator(Operator):
             args += ["--namespace", ns]
         self.proc = subprocess.Popen(
             args,
-            env=BUILDAH,
+            env=BUILDAH_ENV,
             stdout=self.log_path.open("a"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -79,20 +68,22 @@ class ImageOperator(Operator):
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=20)
-        subprocess.run(["buildah", "rm", self.container], env=BUILDAH, capture_output=True)
+        subprocess.run(["buildah", "rm", self.container], env=BUILDAH_ENV, capture_output=True)
 
 
 def test_the_image_has_no_training_stack_and_runs_as_non_root(control_image):
-    config = buildah("inspect", "--type", "image", "--format", "{{.OCIv1.Config.User}}", control_image)
+    config = buildah("inspect", "--type", "image", "--format", "{{.OCIv1.Config.User}}", control_image).stdout
     assert config.strip() == "1000:1000"
-    labels = buildah("inspect", "--type", "image", "--format", "{{.OCIv1.Config.Labels}}", control_image)
+    labels = buildah(
+        "inspect", "--type", "image", "--format", "{{.OCIv1.Config.Labels}}", control_image
+    ).stdout
     for key in ("org.opencontainers.image.version:0.1.0", "org.opencontainers.image.revision:",
                 "org.opencontainers.image.source:"):  # fmt: skip
         assert key in labels
-    container = buildah("from", control_image).strip()
+    container = buildah("from", control_image).stdout.strip()
     try:
         probe = "import importlib.util as u; print([m for m in ('torch', 'ray', 'transformers', 'mlflow') if u.find_spec(m)])"
-        assert buildah("run", container, "--", "python", "-c", probe).strip() == "[]"
+        assert buildah("run", container, "--", "python", "-c", probe).stdout.strip() == "[]"
     finally:
         buildah("rm", container)
 
@@ -123,13 +114,13 @@ def test_the_api_in_the_image_serves_with_the_charts_command(control_image, kube
     from harness import free_port
 
     port = free_port()
-    container = buildah("from", control_image).strip()
+    container = buildah("from", control_image).stdout.strip()
     args = ["buildah", "run", "--network", "host", "--user", "1000:1000", "--env", "KUBECONFIG=/run/kube/config",
             "--volume", f"{kubeconfig}:/run/kube/config:ro", container, "--",
             "kubetrain", "api", "--backend", "kube", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     log = tmp_path / "api.log"
     proc = subprocess.Popen(
-        args, env=BUILDAH, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        args, env=BUILDAH_ENV, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
 
