@@ -49,6 +49,7 @@ images-lock: install system-packages
 lint: install
 	$(VENV)/bin/ruff check service tests bench
 	$(VENV)/bin/ruff format --check service tests bench
+	$(VENV)/bin/lint-imports --no-cache
 
 generate: install
 	$(PY) -m kubetrain.schema.generate

@@ -1,14 +1,19 @@
-"""Overhead of kubetrain's runtime against a hand-written torch.distributed DDP script, measured in one run.
+"""Overhead of kubetrain's runtime against a hand-written torch.distributed DDP script: start-up and steady state.
 
-Same model (the quickstart's SmolLM2-135M + LoRA by default), same tokenized data, batch size and
-steps; (a) kubetrain with 2 Ray Train workers, (b) plain gloo DDP with 2 processes. Prints
-steady-state samples/s of both, their ratio (kubetrain / plain; target >= 0.95) and the
-time-to-first-step of both. The last line is a JSON object with the figures.
+What it measures. The same job (the quickstart's SmolLM2-135M + LoRA by default: same tokenized data, batch
+size and steps) run two ways, each from a fresh process as a user would start it:
+(a) kubetrain: `run_job` with 2 Ray Train workers (Ray started by the run, MLflow tracking, the console off);
+(b) plain: a 2-process gloo DDP script (spawned processes, AdamW, the same batches; nothing else).
+For each run:
+- time to first step: from starting the process to the end of the first optimizer step (wall clock);
+- steady-state samples/s: global batch x steps after the warm-up, over the time those steps took
+  (from the end of step `warmup` to the end of the last one; data loading included for both).
+The arms alternate in ABBA order over --repeats pairs (plain, kubetrain | kubetrain, plain | ...), so a
+drift in machine load affects both alike; each pair gives a ratio, and the medians over the pairs are
+reported: steady-state kubetrain/plain (goal >= 0.97) and time-to-first-step kubetrain/plain (goal <= 1.5).
+The last line is a JSON object with the figures.
 
-    python bench/overhead.py [--job jobs/quickstart.yaml] [--steps 24] [--warmup 4] [--repeats 1]
-
-With --repeats N the two arms alternate (plain, kubetrain, plain, ...) and medians are reported, so a
-drift in machine load affects both arms alike.
+    python bench/overhead.py [--job jobs/quickstart.yaml] [--steps 40] [--warmup 8] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,16 +50,14 @@ def bench_job(path: str, steps: int, storage: str):
     return load_job(pathlib.Path(path).read_text(), path, overrides)
 
 
-def run_kubetrain(job, warmup: int) -> dict:
-    from kubetrain.runtime.driver import run_job
+def arm_kubetrain(job) -> list[float]:
+    """Wall-clock end time of each step of a kubetrain run in this process."""
+    from kubetrain.runtime.run.job import run_job
 
-    t0 = time.time()
     result = run_job(job, local_root=str(ROOT / ".kubetrain"), show=False)
     if not result.succeeded:
         raise SystemExit(f"kubetrain run failed: {result.error}")
-    steps = [h for h in result.history if "samples_per_second" in h]
-    steady = [h["samples_per_second"] for h in steps if h["step"] > warmup]
-    return {"samples_per_second": statistics.median(steady), "time_to_first_step_s": steps[0]["time"] - t0}
+    return [h["time"] for h in result.history if "samples_per_second" in h]
 
 
 def _plain_worker(rank: int, world: int, job_json: str, model_dir: str, steps: int, port: int, out) -> None:
@@ -61,11 +65,13 @@ def _plain_worker(rank: int, world: int, job_json: str, model_dir: str, steps: i
     import torch
     import torch.distributed as dist
 
+    from kubetrain.runtime.run.ray_start import QUIET_ENV
+
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(QUIET_ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # as quiet as Ray's workers
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from kubetrain.runtime import data as data_mod
-    from kubetrain.runtime.models import apply_peft, build_model, build_tokenizer
+    from kubetrain.runtime.train import data as data_mod
+    from kubetrain.runtime.train.models import apply_peft, build_model, build_tokenizer
     from kubetrain.spec import TrainingJob
 
     job = TrainingJob.model_validate_json(job_json)
@@ -83,30 +89,30 @@ def _plain_worker(rank: int, world: int, job_json: str, model_dir: str, steps: i
     )
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW([p for p in ddp.parameters() if p.requires_grad], lr=spec.training.learning_rate)
-    times = []
+    ends = []
     it = iter(loader)
     for _ in range(steps):
-        t = time.time()
         batch = next(it)
         loss = ddp(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append((t, time.time()))
+        ends.append(time.time())
     if rank == 0:
-        out.put(times)
+        out.put(ends)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def run_plain(job, warmup: int, steps: int) -> dict:
+def arm_plain(job) -> list[float]:
+    """Wall-clock end time of each step of the plain DDP script, its workers spawned from this process."""
     import socket
 
     import torch.multiprocessing as mp
 
-    from kubetrain.runtime.driver import resolve_paths
-    from kubetrain.runtime.models import resolve_model_dir
+    from kubetrain.runtime.run.paths import resolve_paths
+    from kubetrain.runtime.train.models import resolve_model_dir
 
     job = resolve_paths(job)
     model_dir = resolve_model_dir(job.spec.model, ROOT / ".kubetrain" / "models")
@@ -116,49 +122,71 @@ def run_plain(job, warmup: int, steps: int) -> dict:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    t0 = time.time()
-    procs = [
-        ctx.Process(target=_plain_worker, args=(r, world, job.model_dump_json(), model_dir, steps, port, out))
-        for r in range(world)
-    ]
+    args = (world, job.model_dump_json(), model_dir, job.spec.training.max_steps, port, out)
+    procs = [ctx.Process(target=_plain_worker, args=(r, *args)) for r in range(world)]
     for p in procs:
         p.start()
-    times = out.get(timeout=1800)
+    ends = out.get(timeout=1800)
     for p in procs:
         p.join()
-    global_batch = job.spec.training.batch_size * world
-    steady = [global_batch / (end - start) for i, (start, end) in enumerate(times) if i + 1 > warmup]
-    return {"samples_per_second": statistics.median(steady), "time_to_first_step_s": times[0][1] - t0}
+    return ends
+
+
+def measure(arm: str, args) -> dict:
+    """One run of an arm in a fresh process: time to first step and steady-state samples/s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "ends.json"
+        cmd = [sys.executable, __file__, "--arm", arm, "--job", args.job, "--steps", str(args.steps)]
+        started = time.time()
+        subprocess.run([*cmd, "--storage", tmp, "--out", str(out)], check=True, cwd=ROOT)
+        ends = json.loads(out.read_text())
+    job = bench_job(args.job, args.steps, "/tmp")
+    global_batch = job.spec.training.batch_size * job.spec.resources.workers
+    warmup = min(max(args.warmup, 1), len(ends) - 1)  # the window starts at the end of a step
+    steady = global_batch * (len(ends) - warmup) / (ends[-1] - ends[warmup - 1])
+    return {"time_to_first_step_s": ends[0] - started, "samples_per_second": steady}
+
+
+def run_arm(args) -> None:
+    """The child process: one arm, its step end times written to --out."""
+    job = bench_job(args.job, args.steps, args.storage)
+    ends = arm_plain(job) if args.arm == "plain" else arm_kubetrain(job)
+    pathlib.Path(args.out).write_text(json.dumps(ends))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", default=str(ROOT / "jobs/quickstart.yaml"))
-    parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of runs (plain and kubetrain)")
+    parser.add_argument("--arm", choices=("plain", "kubetrain"), help=argparse.SUPPRESS)
+    parser.add_argument("--storage", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.arm:
+        return run_arm(args)
     os.chdir(ROOT)
-    plains, kts = [], []
+    runs: dict[str, list[dict]] = {"plain": [], "kubetrain": []}
     for i in range(args.repeats):
-        with tempfile.TemporaryDirectory() as storage:
-            job = bench_job(args.job, args.steps, storage)
-            plains.append(run_plain(job, args.warmup, args.steps))
+        for arm in ("plain", "kubetrain") if i % 2 == 0 else ("kubetrain", "plain"):
+            runs[arm].append(measure(arm, args))
+            r = runs[arm][-1]
             print(
-                f"[{i + 1}/{args.repeats}] plain DDP : {plains[-1]['samples_per_second']:.2f} samples/s steady, "
-                f"first step after {plains[-1]['time_to_first_step_s']:.1f} s",
+                f"[{i + 1}/{args.repeats}] {arm:9}: {r['samples_per_second']:.2f} samples/s steady, "
+                f"first step after {r['time_to_first_step_s']:.1f} s",
                 flush=True,
             )
-            kts.append(run_kubetrain(job, args.warmup))
-            print(
-                f"[{i + 1}/{args.repeats}] kubetrain : {kts[-1]['samples_per_second']:.2f} samples/s steady, "
-                f"first step after {kts[-1]['time_to_first_step_s']:.1f} s",
-                flush=True,
-            )
-    plain = {k: statistics.median(r[k] for r in plains) for k in plains[0]}
-    kt = {k: statistics.median(r[k] for r in kts) for k in kts[0]}
-    ratio = kt["samples_per_second"] / plain["samples_per_second"]
-    print(f"steady-state ratio kubetrain / plain = {ratio:.3f} (target >= 0.95)")
+    report(args, runs)
+
+
+def report(args, runs: dict[str, list[dict]]) -> None:
+    pairs = list(zip(runs["kubetrain"], runs["plain"], strict=True))
+    steady = statistics.median(k["samples_per_second"] / p["samples_per_second"] for k, p in pairs)
+    first = statistics.median(k["time_to_first_step_s"] / p["time_to_first_step_s"] for k, p in pairs)
+    med = {arm: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for arm, rs in runs.items()}
+    print(f"steady-state ratio kubetrain / plain = {steady:.3f} (goal >= 0.97)")
+    print(f"time-to-first-step ratio kubetrain / plain = {first:.2f} (goal <= 1.5)")
     print(
         json.dumps(
             {
@@ -167,13 +195,12 @@ def main() -> None:
                 "steps": args.steps,
                 "warmup_steps": args.warmup,
                 "repeats": args.repeats,
-                "workers": job.spec.resources.workers,
-                "batch_size_per_worker": job.spec.training.batch_size,
-                "kubetrain_samples_per_second": round(kt["samples_per_second"], 3),
-                "plain_samples_per_second": round(plain["samples_per_second"], 3),
-                "ratio": round(ratio, 4),
-                "kubetrain_time_to_first_step_s": round(kt["time_to_first_step_s"], 2),
-                "plain_time_to_first_step_s": round(plain["time_to_first_step_s"], 2),
+                "steady_state_ratio": round(steady, 4),
+                "time_to_first_step_ratio": round(first, 3),
+                "kubetrain_samples_per_second": round(med["kubetrain"]["samples_per_second"], 3),
+                "plain_samples_per_second": round(med["plain"]["samples_per_second"], 3),
+                "kubetrain_time_to_first_step_s": round(med["kubetrain"]["time_to_first_step_s"], 2),
+                "plain_time_to_first_step_s": round(med["plain"]["time_to_first_step_s"], 2),
             }
         )
     )

@@ -88,7 +88,7 @@ def bench_job(name: str, strategy: dict, steps: int, storage: str, job_path: str
 
 
 def measure(job, warmup: int) -> dict:
-    from kubetrain.runtime.driver import run_job
+    from kubetrain.runtime.run.job import run_job
 
     result = run_job(job, local_root=str(ROOT / ".kubetrain"), show=False)
     if not result.succeeded:
@@ -114,7 +114,7 @@ def main() -> None:
     args = ap.parse_args()
     names = ["ddp"] + [n for n in args.only.split(",") if n and n != "ddp"]
 
-    from kubetrain.runtime.driver import start_local_ray
+    from kubetrain.runtime.run.ray_start import start_local_ray
 
     start_local_ray(num_cpus=WORKERS)
     out: dict[str, dict] = {}

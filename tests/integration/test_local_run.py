@@ -12,7 +12,7 @@ pytestmark = pytest.mark.ray
 
 
 def run(job, **kw):
-    from kubetrain.runtime.driver import run_job
+    from kubetrain.runtime.run.job import run_job
 
     return run_job(
         job, local_root=str(pathlib.Path(job.spec.checkpoint.storage).parent / "root"), show=False, **kw

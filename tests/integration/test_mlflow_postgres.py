@@ -35,7 +35,7 @@ def mlflow_server(postgres, tmp_path_factory):
 
 
 def run_job(job, **kw):
-    from kubetrain.runtime.driver import run_job
+    from kubetrain.runtime.run.job import run_job
 
     return run_job(
         job, local_root=str(pathlib.Path(job.spec.checkpoint.storage).parent / "root"), show=False, **kw
@@ -80,7 +80,7 @@ def test_a_training_run_lands_in_mlflow_on_postgresql(ray_session, tiny_job, mlf
 def test_a_sweep_nests_its_trials_under_one_parent_run(ray_session, tiny_job, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    from kubetrain.runtime.sweep import run_sweep
+    from kubetrain.runtime.sweep.driver import run_sweep
 
     job = tiny_job(
         "pg-sweep",
@@ -116,16 +116,18 @@ def test_the_server_goes_down_mid_run_and_every_metric_still_reaches_it(
     """Stopped after step 3's metrics, restarted after step 6's: steps 4-6 wait in the buffer and are delivered."""
     from mlflow.tracking import MlflowClient
 
+    from kubetrain.runtime.contract import Event, Stepped
+
     monkeypatch.setenv("KUBETRAIN_MLFLOW_FLUSH_TIMEOUT", "120")
     seen: list[int] = []
 
-    def outage(ev: dict) -> None:
-        if ev["kind"] != "step":
+    def outage(ev: Event) -> None:
+        if not isinstance(ev, Stepped):
             return
-        seen.append(ev["step"])
-        if ev["step"] == 3:
+        seen.append(ev.step)
+        if ev.step == 3:
             mlflow_server.stop()
-        elif ev["step"] == 6:
+        elif ev.step == 6:
             assert mlflow_server.proc.poll() is not None  # it was down for steps 4-6
             mlflow_server.start()
 

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from kubetrain.runtime.models import ModelUnavailable, build_model, build_tokenizer, resolve_model_dir
+from kubetrain.runtime.train.models import ModelUnavailable, build_model, build_tokenizer, resolve_model_dir
 from kubetrain.spec.model import ModelSpec
 
 

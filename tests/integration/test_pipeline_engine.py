@@ -1,4 +1,4 @@
-"""Pipeline x data parallel (runtime/pipeline.py) against one process: split, equivalence, resume, gather.
+"""Pipeline x data parallel (runtime/train/engines/pipeline.py) against one process: split, equivalence, resume, gather.
 
 One spawn of 4 gloo processes runs every distributed scenario (imports dominate on a small machine):
 first 2 stages x 2 replicas on all four, then two 2-stage pipelines side by side (ranks 0-1 and 2-3).
@@ -13,7 +13,7 @@ import socket
 import pytest
 import torch
 
-from kubetrain.runtime.pipeline import PAD_TO, StageModule, layout, stage_layers
+from kubetrain.runtime.train.engines.pipeline import PAD_TO, StageModule, layout, stage_layers
 
 VOCAB, STEPS = 128, 10
 RTOL = 1e-4  # fp32; measured differences are ~1e-6 (different micro-batch summation order only)
@@ -80,7 +80,7 @@ def model(arch: str, spec=None, seed: int = 0):
         )  # fmt: skip
         m = LlamaForCausalLM(cfg)
     if spec is not None:
-        from kubetrain.runtime.models import apply_peft
+        from kubetrain.runtime.train.models import apply_peft
 
         m = apply_peft(m, spec.peft, "causal_lm")
     return m
@@ -143,7 +143,7 @@ def _eval_sums(forward, bs: list[dict]) -> tuple[float, float] | None:
 
 
 def _engine(arch, spec, rank, world, seed=0):
-    from kubetrain.runtime.pipeline import PipelineEngine
+    from kubetrain.runtime.train.engines.pipeline import PipelineEngine
 
     return PipelineEngine(
         model(arch, spec, seed),
@@ -179,7 +179,7 @@ def _resume(arch, rank, world, tmp, out):
     spec = job(arch, "gpipe", world, 1, lora=False)
     a = _engine(arch, spec, rank, world)
     _train(a, "resume", range(3), 1)
-    from kubetrain.runtime.state import TrainState
+    from kubetrain.runtime.train.checkpoint import TrainState
 
     a.save(tmp, rank, TrainState(step=3, epoch=0, batch_in_epoch=3))
     dist.barrier()
@@ -265,7 +265,7 @@ def runs(tmp_path_factory) -> list[dict]:
 def reference(arch: str, tag: str, lora: bool, accum: int, replicas: int = 1, steps: int = STEPS):
     """One process, the whole model, gradient accumulation over the same micro-batches (2 per batch) and
     replicas; returns each step's loss per replica (as the engine reports it) and the trained model."""
-    from kubetrain.runtime.engines import build_optimizer, build_scheduler
+    from kubetrain.runtime.train.schedule import build_optimizer, build_scheduler
 
     spec = job(arch, "gpipe", 2 * replicas, accum, lora)
     m = model(arch, spec)

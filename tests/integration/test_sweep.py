@@ -33,7 +33,7 @@ def sweep(tiny_job, name: str, sweep_spec: dict, **overrides):
 
 
 def run(job, **kw):
-    from kubetrain.runtime.sweep import run_sweep
+    from kubetrain.runtime.sweep.driver import run_sweep
 
     return run_sweep(
         job, local_root=str(pathlib.Path(job.spec.checkpoint.storage).parent / "root"), show=False, **kw
@@ -279,7 +279,7 @@ def test_pbt_restarts_a_weak_trial_from_a_strong_trials_checkpoint_with_a_pertur
 def test_bohb_pauses_its_trials_at_a_rung_and_continues_the_best_from_its_own_checkpoint(
     ray_session, tiny_job
 ):
-    from kubetrain.runtime.sweep_space import trial_name
+    from kubetrain.runtime.sweep.space import trial_name
 
     # BOHB runs HyperBand synchronously (HyperBandForBOHB): the trials of a bracket pause at the bracket's rung
     # (here 1 evaluation) until all have reached it; the best then continues from its own checkpoint of that
@@ -318,3 +318,166 @@ def test_bohb_pauses_its_trials_at_a_rung_and_continues_the_best_from_its_own_ch
         "every trial trained to the end: nothing was cut at a rung"
     )
     assert result.best.step == 6  # the trials trained longest reach the lowest loss
+
+
+def _kill_after_first_completion(path: pathlib.Path, journal: pathlib.Path, cwd, env: dict) -> None:
+    """`kubetrain run` in its own process group, killed as soon as a trial is recorded finished."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetrain.cli.main", "run", str(path)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline and not journal.exists():
+            time.sleep(0.2)
+        assert journal.exists() and proc.poll() is None, (
+            "the first driver ended before it could be interrupted"
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_trial_that_finished_just_before_the_driver_died_is_not_run_again(ray_session, tiny_job, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from kubetrain.runtime.sweep.journal import FILE
+
+    job = sweep(
+        tiny_job,
+        "window",
+        {
+            "algorithm": "grid",
+            "max_concurrent": 1,
+            "max_failed_trials": 1,
+            # the second trial fails setting up (2 examples cannot fill a batch), before or after the kill
+            "parameters": {"data.max_train_samples": {"type": "grid", "values": [64, 2]}},
+        },
+    )
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(job.model_dump(mode="json", exclude_none=True)))
+    sweep_dir = pathlib.Path(job.spec.checkpoint.storage) / job.name
+    # Tune's default checkpoint period, lengthened so that its saved state (written at the first step) never
+    # shows the finished trial: the window is certain, not a race. (TUNE_GLOBAL_CHECKPOINT_S=0 would close it.)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "service"), "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
+    _kill_after_first_completion(path, sweep_dir / FILE, tmp_path, env)
+    first = json.loads((sweep_dir / FILE).read_text().splitlines()[0])
+    assert first["status"] == "completed"
+
+    result = run(job)
+    assert result.succeeded, result.error
+    assert result.resumed and [t.status for t in result.trials] == ["completed", "failed"]
+    client = MlflowClient(result.tracking_uri)
+    runs = [r for r in children_runs(client, result) if r.data.tags["kubetrain.trial"] == first["trial_id"]]
+    assert [(r.info.status, r.data.tags["kubetrain.trial.status"]) for r in runs] == [
+        ("FINISHED", "completed")
+    ]
+    row = next(t for t in result.trials if t.trial_id == first["trial_id"])
+    assert row.metrics == first["metrics"] and row.step == 6
+
+
+def children_runs(client, result) -> list:
+    return client.search_runs(
+        [client.get_run(result.parent_run_id).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'",
+    )
+
+
+# What a Ray Train run starts in Ray besides Tune's trial actor: a trial in its own process has none of it.
+RUN_ACTORS = {"TrainController", "RayTrainWorker", "PlacementGroupCleaner", "_QueueActor", "DatasetManager"}
+
+
+def _ray_usage() -> tuple[dict, int, int]:
+    """Live Ray actors by class, and the raylet's worker processes: how many, and their RSS in bytes."""
+    import psutil
+    import ray
+
+    actors: dict[str, int] = {}
+    for actor in ray._private.state.actors().values():
+        if actor["State"] == "ALIVE":
+            actors[actor["ActorClassName"]] = actors.get(actor["ActorClassName"], 0) + 1
+    raylet = next(p for p in psutil.process_iter(["name"]) if p.info["name"] == "raylet")
+    workers = [p for p in raylet.children(recursive=True) if p.name().startswith("ray::")]
+    return actors, len(workers), sum(p.memory_info().rss for p in workers)
+
+
+def test_ray_actors_and_processes_stay_flat_from_trial_to_trial(ray_session, tiny_job, monkeypatch):
+    from kubetrain.runtime.sweep import callbacks
+
+    # ASHA stops the high learning rates at their first rung: stopped trials are the ones that used to leave
+    # a PlacementGroupCleaner actor (and its process, ~200 MB) behind for good. One worker: the trials train
+    # in Tune's reused trial process (a Ray Train trial's own cleaner: the test after this one).
+    job = sweep(
+        tiny_job,
+        "flat",
+        {
+            "algorithm": "grid",
+            "scheduler": "asha",
+            "max_concurrent": 1,
+            "grace_period": 1,
+            "reduction_factor": 3,
+            "parameters": {"training.learning_rate": {"type": "grid", "values": [0.01, 0.9, 0.9, 0.9]}},
+        },
+    )
+    seen: list[tuple[dict, int, int]] = []
+    complete = callbacks.Forward.on_trial_complete
+
+    def counted(self, iteration, trials, trial, **info):
+        complete(self, iteration, trials, trial, **info)
+        seen.append(_ray_usage())
+
+    monkeypatch.setattr(callbacks.Forward, "on_trial_complete", counted)
+    result = run(job)
+    assert result.succeeded, result.error
+    assert len(seen) == 4 and [t.status for t in result.trials].count("stopped_early") >= 1, seen
+    assert all(not RUN_ACTORS & set(actors) for actors, _, _ in seen), seen
+    assert all(actors == seen[0][0] for actors, _, _ in seen), seen  # the same live actors after every trial
+    processes = [n for _, n, _ in seen]
+    assert max(processes[1:]) <= processes[0], seen  # no process (nor its memory) left behind per trial
+
+
+def _state(actor_id: str) -> str:
+    import ray
+
+    return ray._private.state.actors(actor_id)["State"]
+
+
+def _wait_for(actor_id: str, state: str) -> None:
+    deadline = time.monotonic() + 60
+    while _state(actor_id) != state and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _state(actor_id) == state
+
+
+def test_a_placement_group_cleaner_whose_controller_died_is_ended(ray_session):
+    import ray
+
+    from kubetrain.runtime.sweep.cleanup import end_orphaned_cleaners
+
+    @ray.remote(num_cpus=0)
+    class Controller:  # starts Ray Train's own cleaner, as a TorchTrainer's controller does
+        def start_cleaner(self) -> str:
+            from ray.train.v2._internal.execution.controller.placement_group_cleaner import (
+                PlacementGroupCleaner,
+            )
+
+            me = ray.get_runtime_context().get_actor_id()
+            cls = ray.remote(num_cpus=0)(PlacementGroupCleaner)
+            self.cleaner = cls.options(lifetime="detached").remote(
+                controller_actor_id=me, check_interval_s=0.2, get_actor_timeout_s=1, stop_timeout=2
+            )
+            ray.get(self.cleaner.start_monitoring.remote())
+            return self.cleaner._actor_id.hex()
+
+    controller = Controller.remote()
+    cleaner = ray.get(controller.start_cleaner.remote())
+    ray.kill(controller)  # what Tune ending a trial's process does to its run's controller
+    _wait_for(controller._actor_id.hex(), "DEAD")
+    assert _state(cleaner) == "ALIVE"  # without the dashboard it cannot tell, and would poll forever
+    assert end_orphaned_cleaners() == 1
+    _wait_for(cleaner, "DEAD")
+    assert end_orphaned_cleaners() == 0

@@ -8,7 +8,7 @@ import sys
 
 SCRIPT = """
 from types import SimpleNamespace
-from kubetrain.runtime.console import RunConsole
+from kubetrain.runtime.run.console import RunConsole
 deep = "/very/long/path/" + "nested-directory/" * 8
 result = SimpleNamespace(job_name="a-job-with-a-rather-long-name-for-testing", validation_examples=1234,
     before={"eval_loss": 0.8, "eval_exact_match": 0.0}, after={"eval_loss": 0.01, "eval_exact_match": 0.97},

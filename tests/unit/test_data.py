@@ -7,8 +7,8 @@ import json
 import datasets
 import pytest
 
-from kubetrain.runtime.data import IGNORE, DataError, Formatter, check_source, load_source, tokenize
-from kubetrain.runtime.models import build_tokenizer
+from kubetrain.runtime.train.data import IGNORE, DataError, Formatter, check_source, load_source, tokenize
+from kubetrain.runtime.train.models import build_tokenizer
 from kubetrain.spec.data import DataSpec
 from kubetrain.spec.model import ModelSpec
 
@@ -98,3 +98,57 @@ def test_bad_data_is_named_before_training(tmp_path, content, fragment):
     with pytest.raises(DataError) as e:
         check_source(DataSpec(train=str(f)))
     assert fragment in str(e.value) and str(e.value).startswith("spec.data")
+
+
+def _collate_before(tokenizer, classification: bool):
+    """The hand-written collate that transformers' collators replaced: the reference batches."""
+    import torch
+
+    pad = tokenizer.pad_token_id
+
+    def fn(rows: list[dict]) -> dict:
+        n = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        labels = (
+            torch.tensor([r["labels"] for r in rows])
+            if classification
+            else torch.full((len(rows), n), IGNORE)
+        )
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            ids[i, :k] = torch.tensor(r["input_ids"])
+            mask[i, :k] = 1
+            if not classification:
+                labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    return fn
+
+
+@pytest.mark.parametrize("fmt", ["instruction", "text", "classification"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collate_pads_exactly_as_before(tok, fmt, side):
+    import torch
+
+    from kubetrain.runtime.train.data import collate
+
+    records = {
+        "instruction": [{"prompt": t, "response": t[::-1][: 5 + i]} for i, t in enumerate(TEXTS[:6])],
+        "text": [{"text": t} for t in TEXTS[:6]],
+        "classification": [{"text": t, "label": "ab"[i % 2]} for i, t in enumerate(TEXTS[:6])],
+    }[fmt]
+    spec = DataSpec(train="x", format=fmt, max_length=40, mask_prompt=True)
+    rows = list(tokenize(datasets.Dataset.from_list(records), spec, tok, ["a", "b"]))
+    assert len({len(r["input_ids"]) for r in rows}) > 1  # the batch needs padding
+    tok.padding_side = (
+        side  # generation sets left on the shared tokenizer; training batches stay right-padded
+    )
+    try:
+        got = collate(tok, fmt == "classification")(rows)
+    finally:
+        tok.padding_side = "right"
+    want = _collate_before(tok, fmt == "classification")(rows)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key

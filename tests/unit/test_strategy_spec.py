@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from kubetrain.runtime.train.engines.deepspeed import deepspeed_config
 from kubetrain.spec import SpecError, set_path, validate_job
-from kubetrain.spec.strategy import deepspeed_config
 from tests.conftest import MINIMAL
 
 TINY_MODEL = {"from_config": {"architecture": "llama", "num_layers": 4}, "tokenizer": {"type": "bpe"}}
@@ -115,13 +115,17 @@ def test_bad_strategies_name_the_field_and_the_reason(strategy, paths, where, fr
 
 
 def test_pipeline_reads_a_local_models_layers_and_architecture(tmp_path):
+    from kubetrain.runtime.train.engines import check_model
+
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 2}))
+    # the spec layer reads no files: the runtime checks a local model once it is resolved
+    spec = job(
+        {"type": "pipeline", "stages": 4, "micro_batches": 4},
+        spec__model__name_or_path=str(tmp_path),
+        spec__resources__workers=4,
+    ).spec
     with pytest.raises(SpecError) as e:
-        job(
-            {"type": "pipeline", "stages": 4},
-            spec__model__name_or_path=str(tmp_path),
-            spec__resources__workers=4,
-        )
+        check_model(spec, str(tmp_path))
     text = str(e.value)
     assert "cannot split model_type 'bert'" in text and "4 stages for a model with 2 decoder layers" in text
     ok = job(

@@ -10,7 +10,8 @@ pytest.importorskip("ray.tune")
 
 from ray import tune  # noqa: E402
 
-from kubetrain.runtime import sweep  # noqa: E402
+from kubetrain.runtime.sweep import trial as sweep  # noqa: E402
+from kubetrain.runtime.train.checkpoint import checkpoint_dir  # noqa: E402
 
 
 def tune_checkpoint(tmp_path, **saved) -> tune.Checkpoint:
@@ -62,13 +63,13 @@ def test_restart_point(tmp_path, trial_id, saved, existing, expected):
     assert got == {**expected, "init_checkpoint": ckpt_dir}
 
 
-def test_train_checkpoint_dir_is_the_loops_name_for_a_step():
-    assert sweep.train_checkpoint_dir("/r/run", 12) == "/r/run/checkpoint_00000012"
+def test_the_checkpoint_a_trial_hands_over_is_the_runs_checkpoint_of_that_step():
+    assert checkpoint_dir("/r/run", 12) == "/r/run/checkpoint_00000012"
 
 
 def test_waiting_for_a_checkpoint_that_never_appears_fails_the_trial_with_its_path(tmp_path):
     with pytest.raises(RuntimeError, match="checkpoint_00000006, did not appear"):
-        sweep._wait_for_checkpoint(str(tmp_path / "checkpoint_00000006"), timeout_s=0.6)
+        sweep.wait_for_checkpoint(str(tmp_path / "checkpoint_00000006"), timeout_s=0.6)
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "trainer_state.json").write_text("{}")
-    sweep._wait_for_checkpoint(str(tmp_path / "done"), timeout_s=0.1)
+    sweep.wait_for_checkpoint(str(tmp_path / "done"), timeout_s=0.1)

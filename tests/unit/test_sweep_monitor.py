@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import types
 
-from kubetrain.runtime.sweep import MONITORS, Forward, SweepMonitor
+from kubetrain.runtime.sweep.callbacks import MONITORS, Forward
+from kubetrain.runtime.sweep.monitor import SweepMonitor
 
 
 def monitor(tmp_path) -> SweepMonitor:

@@ -14,7 +14,7 @@ pytest.importorskip("ray.tune")
 from ray import tune  # noqa: E402
 from ray.tune.search.sample import Categorical, Float, Integer  # noqa: E402
 
-from kubetrain.runtime import sweep_space as space  # noqa: E402
+from kubetrain.runtime.sweep import space  # noqa: E402
 
 
 def sweep_of(parameters: dict, **sweep) -> tuple:
@@ -227,6 +227,20 @@ def test_pbt_trials_keep_every_evaluation_checkpoint(scheduler, keep_last, expec
         keep_last=space.trial_keep_last(job),
     )
     assert trial.spec.checkpoint.keep_last == expected
+
+
+def test_bohb_trials_keep_every_evaluation_checkpoint_too():
+    # a paused trial restarts from its checkpoint of the evaluation Tune counted, which its run has passed
+    data = copy.deepcopy(MINIMAL)
+    data["spec"]["training"] = {"max_steps": 10, "eval_every": 3}
+    data["spec"]["checkpoint"] = {"keep_last": 1}
+    data["spec"]["sweep"] = {
+        "algorithm": "bohb",
+        "scheduler": "hyperband",
+        "trials": 2,
+        "parameters": {"training.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+    }
+    assert space.trial_keep_last(validate_job(data)) == 5
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,9 @@ class TooLarge(Exception):
 
 
 def create_app(store: KubeStore | BackendStore, auth: KubeAuth | NoAuth, max_body: int = 1 << 20) -> FastAPI:
-    app = FastAPI(title="kubetrain", version=__version__,
+    # FastAPI's native OpenTelemetry hooks off: /metrics (Prometheus, Measure below) is the API's telemetry,
+    # and the hooks cost a provider lookup per request even with no provider configured.
+    app = FastAPI(title="kubetrain", version=__version__, telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="TrainingJobs (kubetrain.dev/v1alpha1) over HTTP. Authenticate with a Kubernetes "
                   "bearer token; Kubernetes RBAC on trainingjobs decides what you may do in each namespace.")  # fmt: skip
     registry = CollectorRegistry()

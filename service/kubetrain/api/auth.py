@@ -1,12 +1,13 @@
 """Who is calling and what RBAC lets them do: TokenReview and SubjectAccessReview against the Kubernetes API.
 
 Answers are cached for a few seconds (keyed by a hash of the token; the token itself is never stored or
-logged), as the apiserver's webhook authenticator and authorizer cache theirs, so a burst of calls costs
-one review each.
+logged), as the apiserver's webhook authenticator and authorizer cache theirs, and concurrent misses of one
+key share one review in flight, so a burst of calls costs one review each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -64,6 +65,7 @@ class KubeAuth:
         self.users = _TTLCache(ttl)
         self.decisions = _TTLCache(ttl)
         self.denied_ttl = denied_ttl
+        self.inflight: dict[Any, asyncio.Future] = {}  # cache key -> the review being asked for it
 
     async def authenticate(self, authorization: str | None) -> User:
         scheme, _, token = (authorization or "").partition(" ")
@@ -73,22 +75,32 @@ class KubeAuth:
         key = hashlib.sha256(token.encode()).hexdigest()
         user = self.users.get(key)
         if user is None:
-            review = {
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenReview",
-                "spec": {"token": token},
-            }
-            status = (await self._post(TOKENREVIEWS, review)).get("status") or {}
-            if not status.get("authenticated"):
-                self.users.put(key, False, self.denied_ttl)
-                raise errors.Unauthorized("the token was not accepted")
-            u = status.get("user") or {}
-            extra = tuple(sorted((k, tuple(v)) for k, v in (u.get("extra") or {}).items()))
-            user = User(u.get("username", ""), u.get("uid", ""), tuple(u.get("groups") or ()), extra)
-            self.users.put(key, user)
+            user = await self._once(key, lambda: self._token_review(token, key))
         if user is False:
             raise errors.Unauthorized("the token was not accepted")
         return user
+
+    async def _token_review(self, token: str, key: str) -> User | bool:
+        """The caller as the TokenReview answers (False: not authenticated), cached under key."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        status = (await self._post(TOKENREVIEWS, review)).get("status") or {}
+        if not status.get("authenticated"):
+            self.users.put(key, False, self.denied_ttl)
+            return False
+        u = status.get("user") or {}
+        extra = tuple(sorted((k, tuple(v)) for k, v in (u.get("extra") or {}).items()))
+        user = User(u.get("username", ""), u.get("uid", ""), tuple(u.get("groups") or ()), extra)
+        self.users.put(key, user)
+        return user
+
+    async def _once(self, key: Any, review: Any) -> Any:
+        """Ask review() once for concurrent misses of one key (16 clients starting at once ask once, not 16
+        times). Shielded: a caller that goes away does not cancel the others' answer."""
+        future = self.inflight.get(key)
+        if future is None:
+            future = self.inflight[key] = asyncio.ensure_future(review())
+            future.add_done_callback(lambda _: self.inflight.pop(key, None))
+        return await asyncio.shield(future)
 
     async def authorize(
         self, user: User, verb: str, namespace: str, name: str = "", subresource: str = ""
@@ -109,16 +121,22 @@ class KubeAuth:
         key = (user, verb, namespace, name, subresource)
         allowed = self.decisions.get(key)
         if allowed is None:
-            attrs = {"namespace": namespace, "verb": verb, "group": GROUP, "resource": "trainingjobs"}
-            if name:
-                attrs["name"] = name
-            if subresource:
-                attrs["subresource"] = subresource
-            review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                      "spec": {"user": user.name, "uid": user.uid, "groups": list(user.groups),
-                               "extra": {k: list(v) for k, v in user.extra}, "resourceAttributes": attrs}}  # fmt: skip
-            allowed = bool(((await self._post(ACCESSREVIEWS, review)).get("status") or {}).get("allowed"))
-            self.decisions.put(key, allowed, None if allowed else self.denied_ttl)
+            allowed = await self._once(key, lambda: self._access_review(key))
+        return allowed
+
+    async def _access_review(self, key: tuple[User, str, str, str, str]) -> bool:
+        """Whether the SubjectAccessReview allows it, cached under key."""
+        user, verb, namespace, name, subresource = key
+        attrs = {"namespace": namespace, "verb": verb, "group": GROUP, "resource": "trainingjobs"}
+        if name:
+            attrs["name"] = name
+        if subresource:
+            attrs["subresource"] = subresource
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                  "spec": {"user": user.name, "uid": user.uid, "groups": list(user.groups),
+                           "extra": {k: list(v) for k, v in user.extra}, "resourceAttributes": attrs}}  # fmt: skip
+        allowed = bool(((await self._post(ACCESSREVIEWS, review)).get("status") or {}).get("allowed"))
+        self.decisions.put(key, allowed, None if allowed else self.denied_ttl)
         return allowed
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -45,17 +45,15 @@ class KubeStore:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:  # created on the server's event loop
-            opts = self.conn.options()
-            ssl = (
-                opts["verify"]
-                if not isinstance(opts["verify"], bool)
-                else (None if opts["verify"] else False)
-            )
-            auth = aiohttp.BasicAuth(*opts["auth"]) if opts["auth"] else None
+        """One pooled keep-alive session for every call, created on the server's event loop."""
+        if self._session is None or self._session.closed:
+            opts, verify = self.conn.options(), self.conn.verify
+            ssl = verify if not isinstance(verify, bool) else (None if verify else False)
+            auth = aiohttp.BasicAuth(*self.conn.auth) if self.conn.auth and not self.conn.token_file else None
             self._session = aiohttp.ClientSession(
                 base_url=opts["base_url"] + "/", headers=opts["headers"], auth=auth,
                 connector=aiohttp.TCPConnector(limit=64, ssl=ssl), timeout=aiohttp.ClientTimeout(total=30),
+                cookie_jar=aiohttp.DummyCookieJar(),  # the API server sets none; nothing to keep per call
             )  # fmt: skip
         return self._session
 
@@ -63,6 +61,8 @@ class KubeStore:
                    params: dict[str, str] | None = None) -> Answer:  # fmt: skip
         data = json.dumps(body) if body is not None and not isinstance(body, str) else body
         hdrs = {"Content-Type": "application/json", **(headers or {})} if data is not None else headers
+        if self.conn.token_file:  # in a pod: the service account token as the kubelet last rotated it
+            hdrs = {**(hdrs or {}), "Authorization": self.conn.token_file.header()}
         try:
             async with self.session.request(
                 method, path.lstrip("/"), data=data, headers=hdrs, params=params

@@ -233,12 +233,12 @@ class LocalBackend(Backend):
 
 def run_foreground(job: TrainingJob, root: str = ".kubetrain", show: bool = True) -> Any:
     """`kubetrain run`: the job in this process (imports the runtime lazily); user mistakes -> errors.Invalid."""
-    from ..runtime.driver import JobError, run_job
+    from ..runtime.run.job import JobError, run_job
     from ..spec import Problem
 
     try:
         if job.spec.sweep is not None:
-            from ..runtime.sweep import run_sweep
+            from ..runtime.sweep.driver import run_sweep
 
             return run_sweep(job, local_root=root, show=show)
         return run_job(job, local_root=root, show=show)

@@ -20,11 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, SpecError) as e:
         print(str(e), file=sys.stderr)
         return 1
-    from .driver import JobError, run_job
+    from .run.job import JobError, run_job
 
     try:
         if job.spec.sweep is not None:  # a sweep's RayJob runs the whole sweep on its cluster
-            from .sweep import run_sweep
+            from .sweep.driver import run_sweep
 
             result = run_sweep(job, local_root=args.root)
         else:

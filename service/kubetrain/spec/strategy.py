@@ -1,7 +1,8 @@
 """How the work is spread over workers: a discriminated union on `type`: ddp, deepspeed or pipeline.
 
-The DeepSpeed config is built here from the rest of the spec (pure Python, no deepspeed import) so that
-`kubetrain validate` can reject a `strategy.config` override that contradicts the spec.
+What the spec fixes in a DeepSpeed config is stated here (pure Python, no deepspeed import) so that
+`kubetrain validate` can reject a `strategy.config` override that contradicts the spec; the DeepSpeed
+engine builds the config. The spec reads no files: a local model's layers are checked by the runtime.
 """
 
 from __future__ import annotations
@@ -93,31 +94,24 @@ Strategy = Annotated[
 ]
 
 PIPELINE_ARCHITECTURES = ("llama", "gpt2", "mistral", "qwen2")
-"""model_type values whose decoder pipeline.py knows how to split."""
+"""model_type values whose decoder runtime/train/engines/stages.py knows how to split."""
 
 
-def deepspeed_config(spec, gpu: bool | None = None) -> dict[str, Any]:
-    """The DeepSpeed config for a TrainingJobSpec with a deepspeed strategy, user overrides merged in.
-
-    Raises ValueError naming `strategy.config.<key>` when an override contradicts the spec.
-    """
+def deepspeed_fixed(spec) -> dict[str, Any]:
+    """What the spec fixes in a DeepSpeed config, under DeepSpeed's keys: what `strategy.config` may restate
+    but not contradict. The DeepSpeed engine (runtime/train/engines/deepspeed.py) builds the config on it."""
     s, t = spec.strategy, spec.training
-    gpu = spec.resources.gpus_per_worker > 0 if gpu is None else gpu
     zero: dict[str, Any] = {"stage": s.stage}
     if s.offload_optimizer == "cpu":
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
+        zero["offload_optimizer"] = {"device": "cpu"}
     if s.offload_params == "cpu":
-        zero["offload_param"] = {"device": "cpu", "pin_memory": gpu}
-    if s.stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
+        zero["offload_param"] = {"device": "cpu"}
     params: dict[str, Any] = {"lr": t.learning_rate, "weight_decay": t.weight_decay}
     if t.optimizer == "adamw":
-        params.update(betas=list(t.adam_betas), eps=1e-8)
-        # torch's AdamW: no compiled DeepSpeed op needed; fused kernels on GPU, the foreach path on CPU.
-        optimizer = {"type": "AdamW", "params": {**params, "torch_adam": True, "fused": gpu}}
+        optimizer = {"type": "AdamW", "params": {**params, "betas": list(t.adam_betas)}}
     else:
         optimizer = {"type": "SGD", "params": {**params, "momentum": 0.9}}
-    derived = {
+    return {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "train_batch_size": t.batch_size * t.gradient_accumulation_steps * spec.resources.workers,
@@ -127,20 +121,18 @@ def deepspeed_config(spec, gpu: bool | None = None) -> dict[str, Any]:
         "zero_optimization": zero,
         "optimizer": optimizer,
     }
-    if s.offload_optimizer == "cpu" and not gpu:
-        # DeepSpeedCPUAdam needs a compiled op; on a CPU accelerator torch's AdamW already runs on the CPU.
-        derived["zero_force_ds_cpu_optimizer"] = False
-    defaults = {
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-        "zero_allow_untested_optimizer": True,
-    }
+
+
+def deepspeed_overrides(spec, base: dict[str, Any]) -> dict[str, Any]:
+    """base with `strategy.config` merged in; ValueError naming `strategy.config.<key>` when an override
+    contradicts deepspeed_fixed (validation passes base={} just to check)."""
+    s = spec.strategy
     if "scheduler" in s.config:
         raise ValueError(
             "strategy.config.scheduler: the learning-rate schedule comes from training.schedule, "
             "training.warmup_steps and training.warmup_ratio; set those instead"
         )
-    return _merge({**defaults, **derived}, s.config, derived, "strategy.config")
+    return _merge(base, s.config, deepspeed_fixed(spec), "strategy.config")
 
 
 _OWNER = {
@@ -163,8 +155,9 @@ def _merge(base: dict, override: dict, derived: Any, path: str) -> dict:
     for key, value in override.items():
         here = f"{path}.{key}"
         d = derived.get(key) if isinstance(derived, dict) else None
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, d if d is not None else {}, here)
+        if isinstance(value, dict) and (isinstance(out.get(key), dict) or isinstance(d, dict)):
+            inner = out.get(key) if isinstance(out.get(key), dict) else {}
+            out[key] = _merge(inner, value, d if isinstance(d, dict) else {}, here)
         elif d is not None and not _same(value, d):
             owner = _owner(here.removeprefix("strategy.config."))
             raise ValueError(
@@ -196,7 +189,7 @@ def strategy_problems(spec) -> list[tuple[tuple, str, Any]]:
     s = spec.strategy
     if s.type == "deepspeed":
         try:
-            deepspeed_config(spec)
+            deepspeed_overrides(spec, {})
         except ValueError as e:
             return [(("strategy", "config"), str(e), s.config)]
         return []
@@ -235,7 +228,15 @@ def strategy_problems(spec) -> list[tuple[tuple, str, Any]]:
                 s.micro_batches,
             )
         )
-    arch, layers = _architecture(spec.model)
+    model = spec.model.from_config  # a model on disk is checked by the pipeline engine once resolved
+    if model is not None:
+        out += pipeline_model_problems(s, model.architecture, model.num_layers)
+    return out
+
+
+def pipeline_model_problems(s: PipelineStrategy, arch: str | None, layers: int | None) -> list:
+    """(location, reason, input) when a model of this architecture and depth cannot be split into s.stages."""
+    out = []
     if arch is not None and arch not in PIPELINE_ARCHITECTURES:
         out.append(
             (
@@ -249,21 +250,3 @@ def strategy_problems(spec) -> list[tuple[tuple, str, Any]]:
             (("strategy", "stages"), f"{s.stages} stages for a model with {layers} decoder layers", s.stages)
         )
     return out
-
-
-def _architecture(model) -> tuple[str | None, int | None]:
-    """(model_type, decoder layers) when knowable without downloading: from_config, or a local config.json."""
-    import json
-    import os
-
-    if model.from_config is not None:
-        return model.from_config.architecture, model.from_config.num_layers
-    path = os.path.join(model.name_or_path or "", "config.json")
-    if "://" in (model.name_or_path or "") or not os.path.isfile(path):
-        return None, None  # checked again by the workers once the model is resolved
-    try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except (OSError, ValueError):
-        return None, None
-    return cfg.get("model_type"), cfg.get("num_hidden_layers", cfg.get("n_layer"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from harness import RC, RJ, TJ, Operator, eventually, trainingjob
 
-from kubetrain.runtime.status_reporter import KubeStatusReporter
+from kubetrain.runtime.run.status_reporter import KubeStatusReporter
 
 NS = "ops"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 from harness import RC, RJ, TJ, eventually, trainingjob
 
-from kubetrain.runtime.status_reporter import KubeStatusReporter
+from kubetrain.runtime.run.status_reporter import KubeStatusReporter
 from tests.conftest import ROOT
 
 NS = "rbac"

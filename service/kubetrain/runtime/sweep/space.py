@@ -7,8 +7,8 @@ import functools
 import math
 from typing import Any
 
-from ..spec import TrainingJob, set_path, validate_job
-from ..spec.sweep import SweepSpec, canonical_path
+from ...spec import TrainingJob, set_path, validate_job
+from ...spec.sweep import SweepSpec, canonical_path
 
 UNBOUNDED_EVALS = 10_000  # ASHA's max_t when the number of evaluations per trial is not known in advance
 
@@ -154,10 +154,14 @@ def clamp(config: dict, bounds: dict[str, tuple[float, float]]) -> dict:
 
 
 def trial_keep_last(job: TrainingJob) -> int:
-    """Checkpoints each pbt trial keeps: all its evaluations', as another trial may restart from any of them
-    later (the Tune checkpoint only records the path); the spec's keep_last otherwise."""
+    """Checkpoints each trial keeps when trials restart from checkpoints (pbt, bohb): all its evaluations'.
+
+    Another trial may restart from any of them later (pbt; the Tune checkpoint only records the path), and a
+    paused trial restarts from the one of the evaluation Tune counted last, which its run has usually passed
+    by then (it trains on while Tune decides). The spec's keep_last otherwise.
+    """
     keep = job.spec.checkpoint.keep_last
-    if job.spec.sweep is None or job.spec.sweep.scheduler != "pbt":
+    if job.spec.sweep is None or not job.spec.sweep.exchanges_checkpoints:
         return keep
     return max(keep, min(1000, (max_evaluations(job) or 1000) + 1))
 

@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from ..spec.model import ModelSpec
-from ..spec.peft import LoraSpec
+from ...spec.model import ModelSpec
+from ...spec.peft import LoraSpec
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pathlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..spec.data import DataSpec
+from ...spec.data import DataSpec
 
 IGNORE = -100
 _EXT = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -304,27 +304,24 @@ def tokenize(ds, spec: DataSpec, tokenizer, label_names: list[str] | None = None
 
 
 def collate(tokenizer, classification: bool):
-    """Right-pads a batch; labels padded with IGNORE (LM) or stacked (classification)."""
-    import torch
+    """Right-pads a batch (transformers' collators): labels padded with IGNORE (LM) or stacked (classification).
 
-    pad = tokenizer.pad_token_id
+    Only the model's inputs go through (a tokenizer may add token_type_ids). The collators pad on the
+    tokenizer's side, which generation sets to left on the shared tokenizer: they get a right-padding copy.
+    """
+    import copy
+
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    right = copy.copy(tokenizer)
+    right.padding_side = "right"
+    if classification:
+        collator = DataCollatorWithPadding(right, return_tensors="pt")
+    else:
+        collator = DataCollatorForSeq2Seq(right, label_pad_token_id=IGNORE, return_tensors="pt")
 
     def fn(rows: list[dict]) -> dict:
-        n = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), n), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.long)
-        labels = (
-            torch.tensor([r["labels"] for r in rows])
-            if classification
-            else torch.full((len(rows), n), IGNORE)
-        )
-        for i, r in enumerate(rows):
-            k = len(r["input_ids"])
-            ids[i, :k] = torch.tensor(r["input_ids"])
-            mask[i, :k] = 1
-            if not classification:
-                labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return dict(collator([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows]))
 
     return fn
 

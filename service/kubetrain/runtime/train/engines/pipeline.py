@@ -22,122 +22,24 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import state as ckpt
-from .engines import Engine, _bytes, _optimizer_bytes, build_optimizer, build_scheduler, kept_rng
+from ....spec import Problem, SpecError
+from ....spec.strategy import pipeline_model_problems
+from .. import checkpoint as ckpt
+from ..schedule import build_optimizer, build_scheduler
+from .base import Engine, kept_rng, optimizer_bytes, register, tensor_bytes
+from .stages import StageModule, base_model, decoder, layout, stage_layers
 
 IGNORE = -100
 PAD_TO = 16  # sequence lengths are padded up to a multiple of this (few shapes, few cached schedules)
 CACHED_SHAPES = 8  # (rows, length, train) combinations whose stage + schedule are kept
-
-
-def stage_layers(num_layers: int, stages: int) -> list[range]:
-    """The decoder layers of each stage: an even split, the earlier stages taking one extra each."""
-    if not 1 <= stages <= num_layers:
-        raise ValueError(f"{stages} stages for a model with {num_layers} decoder layers")
-    base, extra = divmod(num_layers, stages)
-    out, start = [], 0
-    for s in range(stages):
-        n = base + (1 if s < extra else 0)
-        out.append(range(start, start + n))
-        start += n
-    return out
-
-
-def layout(rank: int, world: int, stages: int) -> tuple[int, int]:
-    """(replica, stage) of a rank: one pipeline is `stages` consecutive ranks."""
-    if world % stages:
-        raise ValueError(f"{stages} stages do not divide {world} workers")
-    return rank // stages, rank % stages
-
-
-def _base(model) -> nn.Module:
-    """The transformers *ForCausalLM under a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _decoder(base) -> tuple[str, nn.Module]:
-    """('gpt2', GPT2Model) or ('llama', LlamaModel-like: Llama, Mistral, Qwen2)."""
-    if hasattr(base, "transformer") and hasattr(base.transformer, "h"):
-        return "gpt2", base.transformer
-    if hasattr(base, "model") and hasattr(base.model, "layers") and hasattr(base.model, "embed_tokens"):
-        return "llama", base.model
-    raise ValueError(f"pipeline cannot split {type(base).__name__}: no GPT-2 or Llama-style decoder")
-
-
-class StageModule(nn.Module):
-    """One stage's forward: (embeddings) -> its decoder layers -> (final norm, head); positions 0..L-1."""
-
-    def __init__(self, base, stage: int, stages: int, layers: range, act_dtype: torch.dtype):
-        super().__init__()
-        self.kind, dec = _decoder(base)
-        self.config = dec.config
-        self.first, self.last = stage == 0, stage == stages - 1
-        self.act_dtype = act_dtype
-        all_layers = dec.h if self.kind == "gpt2" else dec.layers
-        self.layer_ids = list(layers)
-        self.blocks = nn.ModuleList([all_layers[i] for i in layers])
-        if self.kind == "gpt2":
-            self.wte, self.wpe, self.drop = (dec.wte, dec.wpe, dec.drop) if self.first else (None, None, None)
-            self.norm = dec.ln_f if self.last else None
-            self.rotary = None
-        else:
-            self.embed = dec.embed_tokens if self.first else None
-            self.norm = dec.norm if self.last else None
-            self.rotary = dec.rotary_emb  # no parameters; every stage computes its own cos/sin
-        self.head = base.lm_head if self.last else None
-        n = getattr(self.config, "num_hidden_layers", None) or len(all_layers)
-        types = getattr(self.config, "layer_types", None)
-        if not types:
-            kind = "sliding_attention" if getattr(self.config, "sliding_window", None) else "full_attention"
-            types = [kind] * n
-        self.mask_types = [types[i] for i in layers]
-        # the loop's autocast, applied to the forward only (the schedule runs backward inside step() too)
-        self.autocast = contextlib.nullcontext
-
-    def _masks(self, h: torch.Tensor, pos: torch.Tensor) -> dict:
-        """Causal masks in the form this config's attention wants (None for SDPA's is_causal path)."""
-        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-
-        kw = dict(
-            config=self.config, inputs_embeds=h, attention_mask=None, past_key_values=None, position_ids=pos
-        )
-        out = {}
-        for t in set(self.mask_types):
-            fn = create_sliding_window_causal_mask if t == "sliding_attention" else create_causal_mask
-            out[t] = fn(**kw)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            return self._forward(x)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.shape[1]
-        pos = torch.arange(length, device=x.device).unsqueeze(0)
-        if self.first:
-            if self.kind == "gpt2":
-                h = self.drop(self.wte(x) + self.wpe(pos))
-            else:
-                h = self.embed(x)
-        else:
-            h = x
-        masks = self._masks(h, pos)
-        if self.kind == "gpt2":
-            for block, t in zip(self.blocks, self.mask_types):
-                h = block(h, attention_mask=masks[t], position_ids=pos)
-        else:
-            rope = self.rotary(h, position_ids=pos)
-            for layer, t in zip(self.blocks, self.mask_types):
-                h = layer(h, attention_mask=masks[t], position_ids=pos, position_embeddings=rope)
-        if not self.last:
-            return h.to(self.act_dtype)  # the statically declared dtype of what goes to the next stage
-        return self.head(self.norm(h))
+__all__ = ["PAD_TO", "PipelineEngine", "StageModule", "layout", "stage_layers"]
 
 
 class PipelineModel(nn.Module):
@@ -153,10 +55,30 @@ class PipelineModel(nn.Module):
         return self._engine[0].forward_only(input_ids, labels)
 
 
+@register("pipeline")
 class PipelineEngine(Engine):
     """This rank's stage of one pipeline replica; see the module docstring for the layout and the scaling."""
 
-    def __init__(self, model, spec, total_steps: int, rank: int, world: int, device, rebuild=None):
+    @classmethod
+    def data_shard(cls, spec, rank, world):
+        """The stages of one replica read the same data."""
+        replica, _ = layout(rank, world, spec.strategy.stages)
+        return replica, world // spec.strategy.stages
+
+    @classmethod
+    def check_model(cls, spec, model_dir):
+        """A local model's config.json: an architecture pipeline can split, enough decoder layers."""
+        path = os.path.join(model_dir, "config.json") if model_dir else ""
+        if not os.path.isfile(path):  # a model built from_config: validation has checked it
+            return
+        with open(path) as f:
+            cfg = json.load(f)
+        layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+        problems = pipeline_model_problems(spec.strategy, cfg.get("model_type"), layers)
+        if problems:
+            raise SpecError([Problem(".".join(("spec", *loc)), why) for loc, why, _ in problems])
+
+    def __init__(self, model, spec, total_steps: int, rank: int, world: int, device, rebuild=None, **kw):
         from transformers.modeling_outputs import CausalLMOutput
 
         s = spec.strategy
@@ -179,17 +101,30 @@ class PipelineEngine(Engine):
         self.pp_ranks = [self.replica * S + k for k in range(S)]
         self.pp = _groups([[r * S + k for k in range(S)] for r in range(R)], self.replica)
         self.dp = _groups([[r * S + k for r in range(R)] for k in range(S)], self.stage) if R > 1 else None
+        tie_trains = self._split(model)
+        # The last stage's copy of a tied matrix: its gradient is summed with the first stage's, counted once.
+        self.tied_copy = self.stage_module.head.weight if (tie_trains and self.is_last) else None
+        self.tie = _groups([[r * S, r * S + S - 1] for r in range(R)], self.replica) if tie_trains else None
 
-        # Split the model: keep this stage's pieces, drop the rest.
-        base = _base(model)
-        kind, dec = _decoder(base)
+        self.params = [p for p in self.inner.parameters() if p.requires_grad]
+        self.training, self.total_steps = spec.training, total_steps
+        self.optimizer = build_optimizer(spec.training, self.params, self.device)
+        self.scheduler = build_scheduler(spec.training, self.optimizer, total_steps)
+        self._hf_loss = base_model(model).loss_function
+        self._scale = 1.0
+        self._schedules: collections.OrderedDict = collections.OrderedDict()
+        self.model = PipelineModel(self)
+
+    def _split(self, model) -> bool:
+        """Keep this stage's pieces of the model, drop the rest; True when a tied embedding is trained."""
+        base = base_model(model)
+        kind, dec = decoder(base)
         emb, head = base.get_input_embeddings(), base.get_output_embeddings()
         self.tied = head is not None and head.weight is emb.weight
-        tie_trains = self.tied and emb.weight.requires_grad
         self.act_dtype = next(p.dtype for p in base.parameters() if p.is_floating_point())
         all_layers = dec.h if kind == "gpt2" else dec.layers
-        self.layers = stage_layers(len(all_layers), S)[self.stage]
-        self.stage_module = StageModule(base, self.stage, S, self.layers, self.act_dtype)
+        self.layers = stage_layers(len(all_layers), self.stages)[self.stage]
+        self.stage_module = StageModule(base, self.stage, self.stages, self.layers, self.act_dtype)
         for i in range(len(all_layers)):
             if i not in self.layers:
                 all_layers[i] = nn.Identity()
@@ -202,17 +137,7 @@ class PipelineEngine(Engine):
         self.inner = model.to(self.device)
         self.vocab = self.stage_module.head.out_features if self.is_last else None
         self.hidden = dec.config.hidden_size if hasattr(dec.config, "hidden_size") else dec.config.n_embd
-        # The last stage's copy of a tied matrix: its gradient is summed with the first stage's, counted once.
-        self.tied_copy = self.stage_module.head.weight if (tie_trains and self.is_last) else None
-        self.tie = _groups([[r * S, r * S + S - 1] for r in range(R)], self.replica) if tie_trains else None
-
-        self.params = [p for p in self.inner.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(spec.training, self.params, self.device)
-        self.scheduler = build_scheduler(spec.training, self.optimizer, total_steps)
-        self._hf_loss = base.loss_function
-        self._scale = 1.0
-        self._schedules: collections.OrderedDict = collections.OrderedDict()
-        self.model = PipelineModel(self)
+        return self.tied and emb.weight.requires_grad
 
     # ---- schedules -------------------------------------------------------------------------------------
 
@@ -294,7 +219,7 @@ class PipelineEngine(Engine):
     def _reduce_gradients(self):
         """At the accumulation boundary: sum the tied copies' gradients, average over the replicas."""
         if self.tie is not None:
-            w = self.tied_copy if self.is_last else _base(self.inner).get_input_embeddings().weight
+            w = self.tied_copy if self.is_last else base_model(self.inner).get_input_embeddings().weight
             if w.grad is None:
                 w.grad = torch.zeros_like(w)
             dist.all_reduce(w.grad, group=self.tie)
@@ -354,12 +279,7 @@ class PipelineEngine(Engine):
         if self.replica != 0:  # replicas hold identical stages
             return
         weights = {n: p.detach().cpu() for n, p in self.inner.named_parameters() if p.requires_grad}
-        state = {
-            "weights": weights,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
-        torch.save(state, self._file(directory))
+        torch.save({"weights": weights, "optimizer": self.optimizer.state_dict()}, self._file(directory))
 
     def load(self, directory, rank):
         path = self._file(directory)
@@ -374,8 +294,9 @@ class PipelineEngine(Engine):
                 f"checkpoint of stage {self.stage} has unknown tensors: {result.unexpected_keys[:5]}"
             )
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        return ckpt.load_position(directory, rank)
+        st = ckpt.load_position(directory, rank)
+        self.apply_hyperparameters(self.training, st.step)
+        return st
 
     @contextlib.contextmanager
     def whole_model(self):
@@ -404,9 +325,9 @@ class PipelineEngine(Engine):
 
     def memory(self):
         return {
-            "param_bytes": _bytes(self.inner.parameters()),
-            "grad_bytes": _bytes(self.params),
-            "optimizer_bytes": _optimizer_bytes(self.optimizer),
+            "param_bytes": tensor_bytes(self.inner.parameters()),
+            "grad_bytes": tensor_bytes(self.params),
+            "optimizer_bytes": optimizer_bytes(self.optimizer),
         }
 
 

@@ -20,8 +20,8 @@ import subprocess
 import time
 from typing import Any
 
-from .. import __version__
-from ..spec import TrainingJob
+from ... import __version__
+from ...spec import TrainingJob
 
 log = logging.getLogger(__name__)
 MAX_PARAM = 6000

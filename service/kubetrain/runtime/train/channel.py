@@ -1,19 +1,23 @@
-"""Events from the rank-0 worker to the driver (progress, metrics, notices) over a Ray queue actor.
+"""Events from the rank-0 worker to the driver (runtime/contract.py records) over a queue.
 
 A queue rather than ray.train.report: report() is a barrier across workers, and we want per-step
-progress without synchronising the workers every step. Works the same locally and in a cluster.
+progress without synchronising the workers every step. A Ray queue actor across processes (locally and
+in a cluster), a plain queue.Queue when the recipe runs in the driver's own process.
 """
 
 from __future__ import annotations
 
+import queue as stdqueue
 import time
 from typing import Any
 
 import psutil
 
+from ..contract import Event
+
 
 class Channel:
-    """Fire-and-forget sender around a ray.util.queue.Queue; None-safe so the loop also runs without one."""
+    """Fire-and-forget sender to a ray.util.queue.Queue or a queue.Queue; None-safe (nobody listens)."""
 
     def __init__(self, queue: Any | None, enabled: bool):
         self.queue = queue if enabled else None
@@ -21,12 +25,13 @@ class Channel:
         self._proc = psutil.Process()
         psutil.cpu_percent(None)
 
-    def emit(self, kind: str, **data: Any) -> None:
+    def emit(self, event: Event) -> None:
         if self.queue is None:
             return
-        data["kind"] = kind
-        data.setdefault("time", time.time())
-        self.queue.actor.put_nowait.remote(data)  # not awaited: never blocks the training step
+        if isinstance(self.queue, stdqueue.Queue):
+            self.queue.put_nowait(event)
+        else:
+            self.queue.actor.put_nowait.remote(event)  # not awaited: never blocks the training step
 
     def system_metrics(self, every_s: float = 10.0) -> dict[str, float]:
         """CPU and memory of this node (and GPU memory when present), sampled at most every `every_s`."""

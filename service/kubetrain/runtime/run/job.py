@@ -1,0 +1,261 @@
+"""Runs one TrainingJob: check inputs, resolve the model, start MLflow and Ray, launch, follow, publish, summarise."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from rich.markup import escape  # error texts carry [brackets] (gloo, Ray): never markup
+
+from ...spec import TrainingJob
+from .. import contract as ev
+from .. import storage
+from ..contract import WorkerConfig
+from ..train import data as data_mod
+from ..train.models import ModelUnavailable, resolve_model_dir
+from ..train.progress import Phases
+from .console import RunConsole
+from .launch import Launched, import_launch, launch
+from .paths import JobError, RunPaths, check_inputs, resolve_paths, run_paths
+from .progress import Progress, RunResult
+from .ray_start import init_ray, running_in_cluster, start_local_ray, verbose
+from .tracking import Tracker, git_commit, learning_curve, versions
+
+# What the sweep (and tests, benchmarks) take from here; each lives in the module named for its job.
+__all__ = [
+    "JobError",
+    "RunResult",
+    "check_inputs",
+    "init_ray",
+    "resolve_paths",
+    "run_job",
+    "running_in_cluster",
+    "start_local_ray",
+    "status_reporter",
+]
+
+
+def run_job(
+    job: TrainingJob,
+    *,
+    local_root: str = ".kubetrain",
+    show: bool = True,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    worker_env: dict[str, str] | None = None,
+    on_event: Callable[[ev.Event], None] | None = None,
+    init_checkpoint: str | None = None,
+    report_status: bool = True,
+    in_process: bool = False,
+) -> RunResult:
+    """Run the job to completion on Ray Train (a local Ray, or the cluster's in RAY_ADDRESS); never raises for
+    job errors (JobError: inputs that are not there).
+
+    on_event sees every worker event (contract.py) after it is handled, here, after one RunStarted (a sweep
+    trial reports to Tune from them). report_status: patch status.progress of the TrainingJob in a cluster.
+    in_process: the recipe in a thread of this process (world size 1), not a Ray Train worker group.
+    """
+    clock, console = PhaseClock(), RunConsole(show)
+    check_inputs(job)
+    job = resolve_paths(job)
+    paths = run_paths(job, local_root)
+    result = RunResult(job.name, False, paths.run_dir)
+    os.makedirs(paths.run_dir, exist_ok=True)
+    in_cluster = running_in_cluster()
+    try:
+        model_dir = None if in_cluster else resolve_model_dir(job.spec.model, paths.models_dir)
+    except ModelUnavailable as e:
+        return _failed_to_start(result, console, str(e))
+    clock.mark("resolve_model")
+
+    launched, tracker = _start(
+        job, paths, model_dir, result, clock, in_cluster=in_cluster, in_process=in_process, worker_env=worker_env,
+        tracker_args=(parent_run_id, extra_tags), init_checkpoint=init_checkpoint,
+    )  # fmt: skip
+    progress = Progress(console, tracker, status_reporter() if report_status else None, result, on_event)
+    if on_event:
+        on_event(ev.RunStarted(paths.run_dir, paths.final_dir, tracker.run_id))
+    _follow(launched, progress)
+    console.stop()
+    clock.record(tracker, console, progress)
+
+    _record_outcome(result, launched, progress, hint_logs=not (verbose() or in_cluster or in_process))
+    result.seconds = time.time() - clock.started  # the driver's wall time, set-up included
+    _publish(result, paths, tracker, job)
+    _summarise(result, paths, tracker, progress)
+    launched.close()
+    console.summary(result)
+    return result
+
+
+def _failed_to_start(result: RunResult, console: RunConsole, error: str) -> RunResult:
+    result.error = error
+    console.say(f"[red]error:[/red] {escape(error)}")
+    return result
+
+
+class PhaseClock(Phases):
+    """Wall time of each driver phase up to the launch (shown with KUBETRAIN_VERBOSE=1, kept as MLflow tags).
+
+    workers_up: from the launch to rank 0 starting its set-up (Ray Train's controller and worker processes).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.started = time.time()
+
+    def record(self, tracker: Tracker, console: RunConsole, progress: Progress) -> None:
+        """The driver's phases, and how long the workers took to start after the launch (to their set-up)."""
+        done = dict(self.done)
+        if progress.setup_started is not None:
+            launched_at = self.started + sum(v for k, v in self.done.items() if k != "wait_tracking")
+            done["workers_up"] = round(progress.setup_started - launched_at, 2)
+        tracker.set_tags({f"driver_seconds.{k}": str(v) for k, v in done.items()})
+        if verbose():
+            console.say("driver start-up (s): " + ", ".join(f"{k} {v}" for k, v in done.items()))
+
+
+def _start(
+    job: TrainingJob,
+    paths: RunPaths,
+    model_dir: str | None,
+    result: RunResult,
+    clock: PhaseClock,
+    *,
+    in_cluster: bool,
+    in_process: bool,
+    worker_env: dict[str, str] | None,
+    tracker_args: tuple,
+    init_checkpoint: str | None,
+) -> tuple[Launched, Tracker]:
+    """Ray, the workers and MLflow, with MLflow (and the launch's imports) off the critical path."""
+    # One thread while Ray starts: what the launch imports (torch), then MLflow (its import and store take
+    # seconds, and nothing needs the MLflow run before the first event is handled).
+    with ThreadPoolExecutor(1, thread_name_prefix="kubetrain-driver") as background:
+        imported = background.submit(import_launch, in_process)
+        tracking = background.submit(_start_tracker, job, paths, *tracker_args)
+        if not in_process:
+            init_ray(job, in_cluster, worker_env)
+            clock.mark("start_ray")
+        imported.result()
+        clock.mark("import_launch")
+        config = _worker_config(job, paths, model_dir, init_checkpoint)
+        launched = launch(job, config, in_process=in_process, worker_env=worker_env)
+        clock.mark("launch")
+        tracker = tracking.result()
+        clock.mark("wait_tracking")
+    result.tracking_uri, result.mlflow_run_id = tracker.uri, tracker.run_id
+    result.tracking_note = tracker.fallback
+    return launched, tracker
+
+
+def _start_tracker(job: TrainingJob, paths: RunPaths, parent_run_id, extra_tags) -> Tracker:
+    """The run's MLflow run, opened (a fallback store when the configured one is unreachable)."""
+    t0 = time.perf_counter()
+    tracker = Tracker(
+        job, paths.run_dir, paths.local_root, parent_run_id=parent_run_id, extra_tags=extra_tags
+    )
+    tracker.start(_run_tags(job))
+    tracker.set_tags({"driver_seconds.start_tracking": str(round(time.perf_counter() - t0, 2))})
+    return tracker
+
+
+def _run_tags(job: TrainingJob) -> dict[str, str]:
+    """Where the run came from: library versions, the data's fingerprint and the git commit."""
+    tags = {f"version.{k}": v for k, v in versions().items()}
+    tags["data.fingerprint"] = data_mod.fingerprint(job.spec.data)
+    commit, dirty = git_commit()
+    if commit:
+        tags.update(
+            {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+        )
+    return tags
+
+
+def _worker_config(
+    job: TrainingJob, paths: RunPaths, model_dir: str | None, init_checkpoint: str | None
+) -> WorkerConfig:
+    return WorkerConfig(
+        job=job.model_dump(mode="json"),
+        model_dir=model_dir,
+        cache_dir=data_mod.datasets_cache(paths.local_root),
+        models_dir=paths.models_dir,
+        final_dir=paths.final_dir,
+        best_dir=paths.best_dir,
+        init_checkpoint=init_checkpoint,
+        publish_root=paths.publish_root,
+    )
+
+
+def _follow(launched: Launched, progress: Progress) -> None:
+    """Apply the workers' events as they come, until the run ends (then whatever is still queued).
+
+    An exception from a handler (a sweep trial's tune.report exits when Tune stopped the trial) ends an
+    in-process recipe first, so the process is free for the next trial, then goes on to the caller.
+    """
+    try:
+        while launched.running():
+            _handle(launched, progress, launched.next_events(wait_s=0.5))
+        _handle(launched, progress, launched.drain())
+    except BaseException:
+        launched.stop()
+        raise
+
+
+def _handle(launched: Launched, progress: Progress, events: list[ev.Event]) -> None:
+    progress.handle(events)
+    launched.handled(events)  # only then may an in-process recipe go on past an evaluation
+
+
+def _record_outcome(result: RunResult, launched: Launched, progress: Progress, hint_logs: bool) -> None:
+    error = launched.error_text()
+    result.succeeded = error is None
+    result.history = progress.history
+    if error is not None:
+        # Ray workers' own logs are not on the console unless asked for
+        hint = " (worker logs: /tmp/ray/session_latest/logs; KUBETRAIN_VERBOSE=1 shows them live)"
+        result.error = error + (hint if hint_logs else "")
+
+
+def _publish(result: RunResult, paths: RunPaths, tracker: Tracker, job: TrainingJob) -> None:
+    """The final and best models into the result and MLflow (fetched first when written to remote storage)."""
+    if not result.succeeded:
+        return
+    if paths.remote:  # written on a worker's node: fetch the published copies
+        for local, leaf in ((paths.final_dir, "final"), (paths.best_dir, "best")):
+            if not os.path.exists(local):
+                storage.download_dir(storage.join(paths.publish_root, leaf), local)
+    if os.path.exists(paths.final_dir):
+        result.final_dir = paths.final_dir
+        tracker.log_artifacts(paths.final_dir, "model")
+        if job.spec.tracking.register_model:
+            tracker.register_model(job.spec.tracking.register_model)
+    if os.path.exists(paths.best_dir):
+        result.best_dir = paths.best_dir
+        tracker.log_artifacts(paths.best_dir, "best_model")
+
+
+def _summarise(result: RunResult, paths: RunPaths, tracker: Tracker, progress: Progress) -> None:
+    """The learning curve, final metrics and outcome into MLflow; the final status into Kubernetes."""
+    curve = learning_curve(progress.history, os.path.join(paths.run_dir, "learning_curve.png"))
+    if curve:
+        tracker.log_artifact(curve)
+    summary = {f"final_{k}": v for k, v in result.after.items()}
+    if summary:
+        tracker.log_metrics(summary, result.steps)
+    tracker.set_tags({"kubetrain.stopped_early": str(result.stopped_early).lower()})
+    tracker.end("FINISHED" if result.succeeded else "FAILED")
+    result.mlflow_hint = tracker.ui_hint()
+    if progress.reporter:
+        progress.reporter.report(progress.snapshot(final=True), final=True)
+
+
+def status_reporter():
+    """The TrainingJob status reporter inside a cluster (None elsewhere)."""
+    try:
+        from .status_reporter import KubeStatusReporter
+    except ImportError:
+        return None
+    return KubeStatusReporter.from_env()

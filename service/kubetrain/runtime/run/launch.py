@@ -1,0 +1,205 @@
+"""Starting a run's workers: a Ray Train worker group (TorchTrainer), or the recipe in a thread of this process.
+
+Either way the training runs in a thread of the driver (Ray Train's fit() blocks), rank 0's events arrive on
+a queue, and a failure is kept as one line of text in the form Ray Train reports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue as stdqueue
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from ...spec import TrainingJob
+from .. import contract as ev
+from ..contract import WorkerConfig
+from .ray_start import QUIET_ENV, forwarded_env
+
+# The last line of a worker's traceback that names the cause (Ray wraps worker exceptions several times).
+_CAUSES = tuple(
+    "ValueError RuntimeError DataError KeyError TypeError ModelUnavailable FileNotFoundError".split()
+)
+
+
+class Launched:
+    """The workers of one run at work in a thread of this process; their events arrive on `queue`."""
+
+    def __init__(self, body: Callable[[], Any], queue: Any, handshake: ev.Handshake | None = None):
+        self.queue = queue
+        self.error: BaseException | None = None
+        self.handshake = handshake  # an in-process recipe's: it waits for each evaluation to be handled
+        self._thread = threading.Thread(target=self._run, args=(body,), name="kubetrain-fit", daemon=True)
+        self._thread.start()
+
+    def _run(self, body: Callable[[], Any]) -> None:
+        try:
+            body()
+        except BaseException as e:  # reported by the driver, in its own thread
+            self.error = e
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def next_events(self, wait_s: float) -> list[ev.Event]:
+        """The events that came within wait_s: in this process, as soon as the first arrives (the recipe may
+        be waiting for it to be handled); from a Ray queue actor, whatever is there after wait_s."""
+        if not isinstance(self.queue, stdqueue.Queue):
+            self._thread.join(wait_s)
+            return self.drain()
+        try:
+            first = self.queue.get(timeout=wait_s)
+        except stdqueue.Empty:
+            return []
+        return [first, *self.drain()]
+
+    def handled(self, events: list[ev.Event]) -> None:
+        """Tell an in-process recipe that these events were handled (it waits after each evaluation)."""
+        if self.handshake is None:
+            return
+        for event in events:
+            if isinstance(event, ev.Evaluated) and event.tag == "periodic":
+                self.handshake.evaluation_handled()
+
+    def stop(self) -> None:
+        """Make an in-process recipe end (before its next micro-batch, or while it waits) and wait until it has;
+        a Ray Train worker group is not asked: its actors end with the process that owns them."""
+        if self.handshake is None:
+            return
+        self.handshake.stop.set()
+        self._thread.join()
+
+    def drain(self) -> list[ev.Event]:
+        """Everything queued so far (never blocks)."""
+        out: list[ev.Event] = []
+        try:
+            if isinstance(self.queue, stdqueue.Queue):
+                while True:
+                    out.append(self.queue.get_nowait())
+            while (n := self.queue.qsize()) > 0:
+                out += self.queue.get_nowait_batch(n)
+        except stdqueue.Empty:
+            pass
+        return out
+
+    def error_text(self) -> str | None:
+        """The failure's root cause in one line, or None when the run succeeded."""
+        if self.error is None:
+            return None
+        if isinstance(
+            self.queue, stdqueue.Queue
+        ):  # in this process: the traceback's last line, as Ray shows it
+            text = "".join(traceback.format_exception_only(self.error))
+        else:
+            text = str(self.error)
+        return short_error(text) or type(self.error).__name__
+
+    def close(self) -> None:
+        """Stop the Ray queue actor (an in-process queue needs nothing)."""
+        if isinstance(self.queue, stdqueue.Queue):
+            return
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.kill(self.queue.actor)
+
+
+def short_error(text: str) -> str:
+    """The root cause in one line: the last line that names an exception we know, else the last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith(_CAUSES):
+            return ln
+    return lines[-1] if lines else ""
+
+
+def import_launch(in_process: bool) -> None:
+    """Import what launching needs (torch, Ray Train, the recipe: seconds), so it can be done ahead, in a thread."""
+    from ..train import recipe  # noqa: F401
+
+    if not in_process:
+        import ray.train.torch  # noqa: F401
+        import ray.util.queue  # noqa: F401
+
+
+def launch(
+    job: TrainingJob, config: WorkerConfig, *, in_process: bool, worker_env: dict[str, str] | None
+) -> Launched:
+    """Start the run's workers; config.queue is set here to the queue that fits how they run."""
+    if in_process:
+        return _in_process(job, replace(config, queue=stdqueue.Queue()), worker_env)
+    return _ray_train(job, config, worker_env)
+
+
+def _in_process(job: TrainingJob, config: WorkerConfig, worker_env: dict[str, str] | None) -> Launched:
+    """The recipe in a thread here (world size 1): no worker processes to start (a sweep's small trials)."""
+    from ..train.recipe import train_in_process
+
+    spec = job.spec
+    env = {**forwarded_env(spec), **(worker_env or {})}
+    handshake = ev.Handshake()
+
+    def body() -> None:
+        with _environment(env):
+            train_in_process(
+                config,
+                storage_path=spec.checkpoint.storage,
+                run_name=job.name,
+                keep_last=spec.checkpoint.keep_last,
+                handshake=handshake,
+            )
+
+    return Launched(body, config.queue, handshake)
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """The job's environment variables for the duration of an in-process run, then as they were."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _ray_train(job: TrainingJob, config: WorkerConfig, worker_env: dict[str, str] | None) -> Launched:
+    """A TorchTrainer over spec.resources.workers Ray workers; events over a Ray queue actor."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Queue
+
+    from ..train.recipe import train_loop_per_worker
+
+    spec, res = job.spec, job.spec.resources
+    config = replace(config, queue=Queue(actor_options={"num_cpus": 0}))
+    backend = getattr(spec.strategy, "backend", "auto")
+    if backend == "auto":
+        backend = "nccl" if res.gpus_per_worker else "gloo"
+    gpus = {"GPU": res.gpus_per_worker} if res.gpus_per_worker else {}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.workers,
+            use_gpu=res.gpus_per_worker > 0,
+            resources_per_worker={"CPU": res.cpus_per_worker, **gpus},
+        ),
+        run_config=ray.train.RunConfig(
+            name=job.name,
+            storage_path=spec.checkpoint.storage,
+            failure_config=ray.train.FailureConfig(max_failures=spec.lifecycle.max_worker_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
+            worker_runtime_env={"env_vars": {**QUIET_ENV, **forwarded_env(spec), **(worker_env or {})}},
+        ),
+    )
+    return Launched(trainer.fit, config.queue)
