@@ -41,7 +41,11 @@ Now a trial with one worker trains in its Tune trial process, which Tune reuses 
 trial's training ends at the report where Tune stops it): no Ray Train controller, worker group or placement
 group per trial, and the imports are paid once. Profiled on the shared (busy) machine, 24-step trials: the
 first trial of a sweep 9.3 s in all (process start and imports 4 s, data 4.6 s), later ones 2.2-2.8 s of which
-0.9-1.5 s training (before: 22-28 s per trial, 1-2 s of it training). The lead's idle-machine figures go here.
+0.9-1.5 s training (before: 22-28 s per trial, 1-2 s of it training). Idle 2-core machine, 2026-12-01, these defaults: median fixed cost per trial 1.0 s (1.1-1.3 s random,
+0.7-0.8 s ASHA); median step ratio 0.257, wall-time ratio 0.332 (seed 0: 0.045 / 0.107; seed 1: never
+reached, as before; seed 2: 0.257 / 0.332); a random arm of 16 trials takes 73-75 s (401 s before). Seed 0's
+random best is 0.9519 now (0.8648 on 2026-11-22): its trials train bit-identically to the pre-rebuild
+runtime (checked on its best trial's exact parameters, 0.951913 in both), so the change came earlier.
 The loss is rugged near the optimum: at lr 0.0062 the final eval_loss is 0.814 / 0.690 / 0.599 / 0.714 for
 weight decay 0.00025 / 0.0016 / 0.02 / 0.2, and lr 0.006229 (random's seed-1 winner, 0.641) against 0.0062
 at the same weight decay is 0.641 against 0.814. So random's best of 16 is partly a lucky draw (seed 1) that

@@ -88,3 +88,23 @@ def test_a_caller_that_stops_at_an_evaluation_ends_the_recipe_before_its_next_st
         tiny_job("after-stop", spec__resources__workers=1), in_process=True
     )  # the process is reusable
     assert again.succeeded, again.error
+
+
+def test_a_local_model_the_strategy_cannot_split_is_refused_before_anything_starts(tiny_job, tmp_path):
+    """The spec layer reads no files, so validation cannot see a local model's architecture: run_job checks it
+    once the model is resolved, before Ray, MLflow or a worker starts (the CLI shows a JobError, exit 1)."""
+    import json
+
+    from kubetrain.runtime.run.job import JobError
+
+    model = tmp_path / "bert-like"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 2}))
+    job = tiny_job(
+        "unsplittable",
+        spec__model={"name_or_path": str(model)},
+        spec__strategy={"type": "pipeline", "stages": 2, "micro_batches": 4},
+    )
+    with pytest.raises(JobError, match="cannot split model_type 'bert'"):
+        run(job)
+    assert not (pathlib.Path(job.spec.checkpoint.storage).parent / "root" / "mlflow.db").exists()

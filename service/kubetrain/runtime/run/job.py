@@ -9,11 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from rich.markup import escape  # error texts carry [brackets] (gloo, Ray): never markup
 
-from ...spec import TrainingJob
+from ...spec import SpecError, TrainingJob
 from .. import contract as ev
 from .. import storage
 from ..contract import WorkerConfig
 from ..train import data as data_mod
+from ..train.engines import check_model
 from ..train.models import ModelUnavailable, resolve_model_dir
 from ..train.progress import Phases
 from .console import RunConsole
@@ -66,8 +67,11 @@ def run_job(
     in_cluster = running_in_cluster()
     try:
         model_dir = None if in_cluster else resolve_model_dir(job.spec.model, paths.models_dir)
+        check_model(job.spec, model_dir)  # what validation cannot know: the resolved model fits the strategy
     except ModelUnavailable as e:
         return _failed_to_start(result, console, str(e))
+    except SpecError as e:  # a user mistake, refused before Ray, MLflow or any worker starts
+        raise JobError(str(e)) from None
     clock.mark("resolve_model")
 
     launched, tracker = _start(
