@@ -224,7 +224,7 @@ def main() -> None:
 
     import ray
 
-    from kubetrain.runtime.run.job import start_local_ray
+    from kubetrain.runtime.run.ray_start import start_local_ray
 
     start_local_ray(num_cpus=2)
     rows = []

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 import yaml
@@ -136,29 +137,15 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_trials_and_goes_o
 
     # The first driver: `kubetrain run` in its own process group, killed once one trial has completed.
     env = {**os.environ, "PYTHONPATH": str(ROOT / "service"), "TUNE_GLOBAL_CHECKPOINT_S": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubetrain.cli.main", "run", str(path)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        first = None
-        deadline = time.monotonic() + 300
-        while first is None and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(1)
-            if state.exists():
-                done = [t for t in json.loads(state.read_text())["trials"] if t["status"] == "completed"]
-                first = done[0] if done else None
-        assert first is not None and proc.poll() is None, (
-            "the first driver ended before it could be interrupted"
+
+    def one_completed() -> bool:
+        return state.exists() and any(
+            t["status"] == "completed" for t in json.loads(state.read_text())["trials"]
         )
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+
+    _kill_driver_once(path, tmp_path, env, one_completed, poll_s=1.0)
     before = json.loads(state.read_text())
+    first = next(t for t in before["trials"] if t["status"] == "completed")
 
     result = run(job)
     assert result.succeeded, result.error
@@ -320,8 +307,8 @@ def test_bohb_pauses_its_trials_at_a_rung_and_continues_the_best_from_its_own_ch
     assert result.best.step == 6  # the trials trained longest reach the lowest loss
 
 
-def _kill_after_first_completion(path: pathlib.Path, journal: pathlib.Path, cwd, env: dict) -> None:
-    """`kubetrain run` in its own process group, killed as soon as a trial is recorded finished."""
+def _kill_driver_once(path: pathlib.Path, cwd, env: dict, done: Callable[[], bool], poll_s: float) -> None:
+    """`kubetrain run` in its own process group, killed (SIGKILL, all of it) as soon as done() is true."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubetrain.cli.main", "run", str(path)],
         cwd=cwd,
@@ -332,11 +319,9 @@ def _kill_after_first_completion(path: pathlib.Path, journal: pathlib.Path, cwd,
     )
     try:
         deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline and not journal.exists():
-            time.sleep(0.2)
-        assert journal.exists() and proc.poll() is None, (
-            "the first driver ended before it could be interrupted"
-        )
+        while proc.poll() is None and time.monotonic() < deadline and not done():
+            time.sleep(poll_s)
+        assert done() and proc.poll() is None, "the first driver ended before it could be interrupted"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -364,7 +349,7 @@ def test_a_trial_that_finished_just_before_the_driver_died_is_not_run_again(ray_
     # Tune's default checkpoint period, lengthened so that its saved state (written at the first step) never
     # shows the finished trial: the window is certain, not a race. (TUNE_GLOBAL_CHECKPOINT_S=0 would close it.)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "service"), "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
-    _kill_after_first_completion(path, sweep_dir / FILE, tmp_path, env)
+    _kill_driver_once(path, tmp_path, env, (sweep_dir / FILE).exists, poll_s=0.2)
     first = json.loads((sweep_dir / FILE).read_text().splitlines()[0])
     assert first["status"] == "completed"
 

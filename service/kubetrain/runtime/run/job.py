@@ -21,21 +21,8 @@ from .console import RunConsole
 from .launch import Launched, import_launch, launch
 from .paths import JobError, RunPaths, check_inputs, resolve_paths, run_paths
 from .progress import Progress, RunResult
-from .ray_start import init_ray, running_in_cluster, start_local_ray, verbose
+from .ray_start import init_ray, running_in_cluster, verbose
 from .tracking import Tracker, git_commit, learning_curve, versions
-
-# What the sweep (and tests, benchmarks) take from here; each lives in the module named for its job.
-__all__ = [
-    "JobError",
-    "RunResult",
-    "check_inputs",
-    "init_ray",
-    "resolve_paths",
-    "run_job",
-    "running_in_cluster",
-    "start_local_ray",
-    "status_reporter",
-]
 
 
 def run_job(

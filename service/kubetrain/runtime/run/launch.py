@@ -31,6 +31,7 @@ class Launched:
 
     def __init__(self, body: Callable[[], Any], queue: Any, handshake: ev.Handshake | None = None):
         self.queue = queue
+        self.local = isinstance(queue, stdqueue.Queue)  # a queue in this process, else a Ray queue actor
         self.error: BaseException | None = None
         self.handshake = handshake  # an in-process recipe's: it waits for each evaluation to be handled
         self._thread = threading.Thread(target=self._run, args=(body,), name="kubetrain-fit", daemon=True)
@@ -48,7 +49,7 @@ class Launched:
     def next_events(self, wait_s: float) -> list[ev.Event]:
         """The events that came within wait_s: in this process, as soon as the first arrives (the recipe may
         be waiting for it to be handled); from a Ray queue actor, whatever is there after wait_s."""
-        if not isinstance(self.queue, stdqueue.Queue):
+        if not self.local:
             self._thread.join(wait_s)
             return self.drain()
         try:
@@ -77,11 +78,12 @@ class Launched:
         """Everything queued so far (never blocks)."""
         out: list[ev.Event] = []
         try:
-            if isinstance(self.queue, stdqueue.Queue):
-                while True:
-                    out.append(self.queue.get_nowait())
             while (n := self.queue.qsize()) > 0:
-                out += self.queue.get_nowait_batch(n)
+                out += (
+                    [self.queue.get_nowait() for _ in range(n)]
+                    if self.local
+                    else self.queue.get_nowait_batch(n)
+                )
         except stdqueue.Empty:
             pass
         return out
@@ -90,9 +92,7 @@ class Launched:
         """The failure's root cause in one line, or None when the run succeeded."""
         if self.error is None:
             return None
-        if isinstance(
-            self.queue, stdqueue.Queue
-        ):  # in this process: the traceback's last line, as Ray shows it
+        if self.local:  # in this process: the traceback's last line, as Ray shows it
             text = "".join(traceback.format_exception_only(self.error))
         else:
             text = str(self.error)
@@ -100,7 +100,7 @@ class Launched:
 
     def close(self) -> None:
         """Stop the Ray queue actor (an in-process queue needs nothing)."""
-        if isinstance(self.queue, stdqueue.Queue):
+        if self.local:
             return
         import ray
 

@@ -18,7 +18,9 @@ from rich.markup import escape  # error texts carry [brackets] (gloo, Ray): neve
 from ...spec import TrainingJob
 from ...spec.sweep import TRIAL_DRIVER_CPUS, TRIAL_DRIVER_RESOURCE
 from .. import storage
-from ..run.job import check_inputs, init_ray, resolve_paths, running_in_cluster, status_reporter
+from ..run.job import status_reporter
+from ..run.paths import check_inputs, resolve_paths
+from ..run.ray_start import init_ray, running_in_cluster
 from ..run.tracking import Tracker
 from . import cleanup, outcome, space
 from .callbacks import MONITORS, FailureBudget, Forward

@@ -132,17 +132,21 @@ def open_parent(tracker: Tracker, run_id: str | None) -> None:
 
 
 def close_orphans(tracker: Tracker) -> None:
-    """Child runs still RUNNING once Tune is done were left by an interrupted driver (Tune reran those trials)."""
+    """Child runs whose outcome no driver recorded once Tune is done (no `kubetrain.trial.status` tag) were left
+    by an interrupted driver: still RUNNING, or ended by their trial just before that driver died (Tune reran
+    those trials). They are tagged interrupted, and ended if still running."""
     if tracker.client is None or not tracker.run_id:
         return
     try:
-        orphans = tracker.client.search_runs(
-            [tracker.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{tracker.run_id}' and attributes.status = 'RUNNING'",
+        children = tracker.client.search_runs(
+            [tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{tracker.run_id}'"
         )
-        for child in orphans:
+        for child in children:
+            if "kubetrain.trial.status" in child.data.tags:
+                continue
             tracker.client.set_tag(child.info.run_id, "kubetrain.trial.status", "interrupted")
-            tracker.client.set_terminated(child.info.run_id, "KILLED")
+            if child.info.status == "RUNNING":
+                tracker.client.set_terminated(child.info.run_id, "KILLED")
     except Exception:  # tracking trouble never fails the sweep
         pass
 
