@@ -71,7 +71,11 @@ def test_every_spec_field_is_described():
         (".spec.resources.workers", {"type": "integer", "minimum": 1, "maximum": 4096, "default": 2}),
         (
             ".spec.task",
-            {"type": "string", "enum": ["causal_lm", "sequence_classification"], "default": "causal_lm"},
+            {
+                "type": "string",
+                "enum": ["causal_lm", "sequence_classification", "dpo"],
+                "default": "causal_lm",
+            },
         ),
         (".spec.model.name_or_path", {"type": "string", "nullable": True}),
         (".spec.training.learning_rate", {"type": "number", "minimum": 0.0, "exclusiveMinimum": True}),
@@ -151,7 +155,7 @@ def _with(path: str, value):
         (MINIMAL, None),
         (_with("spec.resources.workers", 0), "spec.resources.workers: 0 is less than the minimum of 1"),
         (_with("spec.resources.bogus", 1), "spec.resources: Additional properties are not allowed"),
-        (_with("spec.task", "dpo"), "spec.task: 'dpo' is not one of"),
+        (_with("spec.task", "ppo"), "spec.task: 'ppo' is not one of"),
         (_with("spec.training.learning_rate", 0), "spec.training.learning_rate: 0 is less than or equal to"),
         (_with("spec.model.name_or_path", None), None),  # nullable
         (_with("spec.peft.target_modules", "all-linear"), None),  # union kept for the model to judge

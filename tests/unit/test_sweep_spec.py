@@ -457,3 +457,18 @@ def test_example_sweeps_validate():
     for path in files:
         job = load_job(path.read_text(), str(path))
         assert job.spec.sweep is not None
+
+
+@pytest.mark.parametrize(
+    "path, peft, expected",
+    [
+        ("peft.lora.r", {"type": "lora"}, "peft.r"),
+        ("peft.qlora.r", {"type": "qlora"}, "peft.r"),
+        ("peft.lora.r", {"type": "qlora"}, "peft.lora.r"),  # not the union member in use: left to be refused
+        ("training.learning_rate", {"type": "qlora"}, "training.learning_rate"),
+    ],
+)
+def test_peft_aliases_name_the_member_in_use(path, peft, expected):
+    from kubetrain.spec.sweep import canonical_path
+
+    assert canonical_path(path, {"peft": peft}) == expected

@@ -145,3 +145,42 @@ class Finished(Event):
 
     step: int
     path: str
+
+
+@dataclass(frozen=True)
+class Baselines(Event):
+    """Classification: cheap models fitted on the same training split and scored on the same validation split
+    as the model (train/baselines.py), by name (majority, tfidf) -> the model's eval_* metrics."""
+
+    metrics: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Predictions(Event):
+    """Classification: the final model's validation labels and class probabilities, gathered from every rank
+    (for the driver's confusion matrix, curves, threshold and calibration: run/classification_report.py)."""
+
+    step: int
+    label_names: list[str]
+    labels: list[int]
+    probs: list[list[float]]
+
+
+@dataclass(frozen=True)
+class Unhealthy(Event):
+    """Training stopped before the optimizer update of `step`: its loss or gradient norm was NaN or infinite
+    (train/health.py; `kind` one of its kinds). Every rank stopped; no checkpoint was written after it."""
+
+    step: int  # the optimizer step that was not applied
+    kind: str
+    loss: float
+    grad_norm: float | None
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class Params(Event):
+    """Settings the worker resolved from the data (e.g. class_weight.<label> for training.class_weights:
+    balanced), logged as MLflow params beside the spec's own."""
+
+    params: dict[str, str]

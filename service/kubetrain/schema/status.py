@@ -82,6 +82,22 @@ class Progress(_Status):
     updated: str | None = Field(None, description="When the runtime last reported (RFC 3339).")
 
 
+class Health(_Status):
+    """Training health, written by the runtime: why it stopped on a NaN or infinite value, and warnings."""
+
+    reason: str | None = Field(
+        None, description="Why training stopped: NaNLoss, InfiniteLoss, NaNGradient or InfiniteGradient."
+    )
+    message: str | None = Field(
+        None,
+        description="The diagnosis: the step, the learning rate then, the last good checkpoint, what to try.",
+    )
+    warnings: dict[str, str] = Field(
+        default_factory=dict,
+        description="Warnings with their evidence: diverging (a loss spike), overfitting.",
+    )
+
+
 class TrainingJobStatus(_Status):
     """Observed state of a TrainingJob, mirrored from its RayJob by the operator."""
 
@@ -112,6 +128,10 @@ class TrainingJobStatus(_Status):
         None, description="Latest headline metric, e.g. eval_loss=0.31 (from the runtime)."
     )
     progress: Progress | None = Field(None, description="Training progress reported by the runtime.")
+    health: Health | None = Field(
+        None,
+        description="Training health reported by the runtime (a Failed job's reason and message come from it).",
+    )
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

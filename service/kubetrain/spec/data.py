@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from .base import Spec
 
@@ -22,6 +23,27 @@ class DataFields(Spec):
         description="List of {role, content} messages (format chat); assistant turns are trained on.",
     )
     label: str = Field("label", description="Class label column (format classification): int or string.")
+    chosen: str = Field(
+        "chosen",
+        description="Preferred answer column (format preference): a string, an assistant message or a list "
+        "of messages.",
+    )
+    rejected: str = Field(
+        "rejected", description="Dispreferred answer column (format preference), in the same forms as chosen."
+    )
+
+
+FORMATS = ("text", "instruction", "chat", "classification", "preference")
+
+
+def _known_format(value):
+    """The formats in one sentence, preference (DPO's) named with its task."""
+    if isinstance(value, str) and value not in FORMATS:
+        raise PydanticCustomError(
+            "literal_error",
+            "Input should be 'text', 'instruction', 'chat' or 'classification' (or 'preference' with task dpo)",
+        )
+    return value
 
 
 class DataSpec(Spec):
@@ -41,12 +63,16 @@ class DataSpec(Spec):
         0.1,
         ge=0.0,
         lt=1.0,
-        description="Fraction of train held out for validation when no validation source is set.",
+        description="Fraction of train held out for validation when no validation source is set (stratified by "
+        "label for format classification: the held-out part keeps the class proportions).",
     )
-    format: Literal["text", "instruction", "chat", "classification"] = Field(
+    format: Annotated[
+        Literal["text", "instruction", "chat", "classification", "preference"], BeforeValidator(_known_format)
+    ] = Field(
         "instruction",
         description="text: language modelling on a text column; instruction: prompt -> response; "
-        "chat: a messages list; classification: text -> label.",
+        "chat: a messages list; classification: text -> label; preference: prompt (a string or a messages "
+        "list) with a chosen and a rejected answer (task dpo).",
     )
     file_type: Literal["auto", "json", "csv", "parquet"] = Field(
         "auto", description="File parser; auto picks from the file extension."
@@ -66,6 +92,14 @@ class DataSpec(Spec):
     )
     packing: bool = Field(
         False, description="Concatenate text examples into full max_length blocks (format text only)."
+    )
+    train_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Train on this fraction of the training split: a seeded subset (stratified by label for "
+        "format classification), drawn after the validation split, so validation stays the same; sweep it for "
+        "a learning curve.",
     )
     max_train_samples: int | None = Field(None, ge=1, description="Use at most this many training records.")
     max_validation_samples: int | None = Field(

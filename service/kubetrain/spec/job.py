@@ -10,10 +10,12 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from .. import API_VERSION, KIND
 from .base import Rfc1123Label, Spec
 from .data import DataSpec
+from .dpo import DPO_METRICS, DPOSpec, dpo_problem
 from .env import EnvVar
+from .evaluation import THRESHOLD_DESCRIPTION, Threshold
 from .lifecycle import LifecycleSpec
 from .model import ModelSpec
-from .peft import LoraSpec, Peft
+from .peft import LoraSpec, Peft, peft_problems
 from .resources import ResourcesSpec
 from .strategy import DDPStrategy, Strategy, strategy_problems
 from .sweep import SweepSpec, sweep_problems
@@ -41,6 +43,7 @@ class EvaluationSpec(Spec):
         description="Score exact-match accuracy of greedy generations before and after training "
         "(instruction and chat data).",
     )
+    threshold: Threshold | None = Field(None, description=THRESHOLD_DESCRIPTION)
 
 
 class ObjectMeta(Spec):
@@ -68,10 +71,11 @@ class TrainingJobSpec(Spec):
     """Everything about one training run (or, with sweep, a hyperparameter search over such runs)."""
 
     model: ModelSpec = Field(..., description="The model to train.")
-    task: Literal["causal_lm", "sequence_classification"] = Field(
+    task: Literal["causal_lm", "sequence_classification", "dpo"] = Field(
         "causal_lm",
         description="causal_lm: next-token prediction (pretraining, SFT with prompt masking); "
-        "sequence_classification: a classification head on the model.",
+        "sequence_classification: a classification head on the model; dpo: Direct Preference Optimization "
+        "on preference pairs (data.format preference).",
     )
     data: DataSpec = Field(..., description="Training and validation data.")
     peft: Peft = Field(
@@ -79,6 +83,9 @@ class TrainingJobSpec(Spec):
     )
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Task metrics.")
+    dpo: DPOSpec | None = Field(
+        None, description="DPO loss settings (task dpo only; its defaults when left out)."
+    )
     strategy: Strategy = Field(default_factory=DDPStrategy, description="Distribution strategy (by type).")
     resources: ResourcesSpec = Field(
         default_factory=ResourcesSpec, description="Workers and their resources."
@@ -97,9 +104,19 @@ class TrainingJobSpec(Spec):
         "with the parameters replaced.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dpo_defaults(cls, data: Any) -> Any:
+        """A dpo job without a dpo section gets its defaults (shown in the rendered spec); other tasks none."""
+        if isinstance(data, dict) and data.get("task") == "dpo" and data.get("dpo") is None:
+            return {**data, "dpo": {}}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainingJobSpec:
         classification = self.task == "sequence_classification"
+        if (why := dpo_problem(self)) is not None:
+            raise ValueError(why)
         if classification != (self.data.format == "classification"):
             raise ValueError(
                 f"task '{self.task}' does not fit data.format '{self.data.format}': sequence_classification "
@@ -109,18 +126,31 @@ class TrainingJobSpec(Spec):
             raise ValueError(
                 "training.precision fp16 needs GPUs (resources.gpus_per_worker > 0); on CPU use bf16 or fp32"
             )
-        if self.evaluation.generation and self.data.format not in ("instruction", "chat"):
-            raise ValueError("evaluation.generation needs data.format instruction or chat")
+        if self.evaluation.generation and self.data.format not in ("instruction", "chat", "preference"):
+            raise ValueError("evaluation.generation needs data.format instruction, chat or preference")
+        if self.evaluation.threshold is not None and not classification:
+            raise ValueError("evaluation.threshold needs task sequence_classification (two classes)")
+        if self.training.class_weights is not None and not classification:
+            raise ValueError(
+                f"training.class_weights needs task sequence_classification (weighted cross-entropy); "
+                f"task is {self.task}"
+            )
         es = self.training.early_stopping
         if es is not None:
             metric = es.metric.removeprefix("eval_")
-            allowed = ("loss",) + (CLASSIFICATION_METRICS if classification else LM_METRICS)
+            allowed = ("loss",) + (
+                CLASSIFICATION_METRICS
+                if classification
+                else DPO_METRICS
+                if self.task == "dpo"
+                else LM_METRICS
+            )
             if metric not in allowed:
                 raise ValueError(
                     f"training.early_stopping.metric '{es.metric}' is not a validation metric of {self.task}; "
                     f"allowed: {', '.join('eval_' + m for m in allowed)}"
                 )
-        problems = strategy_problems(self)
+        problems = strategy_problems(self) + peft_problems(self)
         if problems:
             raise ValidationError.from_exception_data(
                 "TrainingJobSpec",
@@ -141,7 +171,14 @@ class TrainingJobSpec(Spec):
             raise ValueError("sweep needs validation data: set data.validation or data.validation_split > 0")
         allowed = tuple(
             "eval_" + m
-            for m in ("loss",) + (CLASSIFICATION_METRICS if classification else PERIODIC_LM_METRICS)
+            for m in ("loss",)
+            + (
+                CLASSIFICATION_METRICS
+                if classification
+                else DPO_METRICS
+                if self.task == "dpo"
+                else PERIODIC_LM_METRICS
+            )
         )
         errors = [
             InitErrorDetails(type=PydanticCustomError("sweep", "{why}", {"why": why}), loc=loc, input=given)

@@ -69,11 +69,29 @@ class ModelSpec(Spec):
     tokenizer: TokenizerSpec = Field(
         default_factory=TokenizerSpec, description="Where the tokenizer comes from."
     )
+    init_from: str | None = Field(
+        None,
+        description="Start from another run's result: the name of a TrainingJob (its published final "
+        "model, <checkpoint.storage>/<name>/final) or a path (a local directory, written with a '/', or "
+        "s3://...). A PEFT adapter there is trained further on the base model of name_or_path (its own "
+        "LoRA settings win over spec.peft); a full model there replaces name_or_path's weights.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.name_or_path is None) == (self.from_config is None):
+        if self.init_from is not None and self.from_config is not None:
+            raise ValueError(
+                "init_from and from_config exclude each other: the model comes from init_from (with "
+                "name_or_path as the base model when init_from holds an adapter)"
+            )
+        if self.init_from is None and (self.name_or_path is None) == (self.from_config is None):
             raise ValueError("set exactly one of name_or_path and from_config")
+        if self.init_from is not None and not self.init_from.strip():
+            raise ValueError("init_from is empty: name a TrainingJob or give a path")
+        if self.init_from is not None and self.tokenizer.type == "bpe":
+            raise ValueError(
+                "init_from continues a trained model: use its tokenizer (tokenizer.type model), not bpe"
+            )
         if self.gguf_file and not self.name_or_path:
             raise ValueError("gguf_file needs name_or_path (the directory or repo holding it)")
         if self.from_config is not None and self.tokenizer.type == "model":

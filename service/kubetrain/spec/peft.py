@@ -1,8 +1,8 @@
-"""Parameter-efficient fine-tuning: LoRA adapters, or none for a full fine-tune."""
+"""Parameter-efficient fine-tuning: LoRA adapters, QLoRA (LoRA over a 4-bit base), or none for a full fine-tune."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, Tag
 
@@ -24,6 +24,37 @@ class LoraSpec(Spec):
     merge_on_save: bool = Field(False, description="Also save the base model with the adapter merged in.")
 
 
+class QLoraSpec(LoraSpec):
+    """LoRA adapters over base weights quantized to 4 bits (bitsandbytes): the frozen base takes about a
+    quarter of its bf16 memory; the adapters train in compute_dtype. Runs on CPU too, but slowly (meant
+    for GPUs; CPU for small models and tests)."""
+
+    type: Literal["qlora"] = Field(
+        "qlora", description="QLoRA: LoRA adapters over a 4-bit base (bitsandbytes)."
+    )
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type of the base weights: nf4 (NormalFloat, the QLoRA paper's) or fp4."
+    )
+    double_quant: bool = Field(
+        True, description="Quantize the quantization constants too (saves about 0.4 bits per parameter)."
+    )
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Data type the 4-bit weights are dequantized to for each matmul; auto follows "
+        "training.precision (bf16 -> bfloat16, fp16 -> float16, fp32 -> float32).",
+    )
+    gradient_checkpointing: bool = Field(
+        True,
+        description="Recompute activations in the backward pass (on by default for QLoRA: activations, not "
+        "the 4-bit weights, then dominate memory); training.gradient_checkpointing also turns it on.",
+    )
+    merge_on_save: bool = Field(
+        False,
+        description="Also save a full-precision model: the 4-bit base dequantized with the adapter merged in "
+        "(in model.dtype).",
+    )
+
+
 class NoPeft(Spec):
     """Full fine-tune: every parameter is trained."""
 
@@ -31,5 +62,43 @@ class NoPeft(Spec):
 
 
 Peft = Annotated[
-    Union[Annotated[LoraSpec, Tag("lora")], Annotated[NoPeft, Tag("none")]], type_discriminator("lora")
+    Union[
+        Annotated[LoraSpec, Tag("lora")],
+        Annotated[NoPeft, Tag("none")],
+        Annotated[QLoraSpec, Tag("qlora")],
+    ],
+    type_discriminator("lora"),
 ]
+
+
+def compute_dtype(peft: QLoraSpec, precision: str) -> str:
+    """The torch dtype name the 4-bit weights are dequantized to for a matmul."""
+    if peft.compute_dtype != "auto":
+        return peft.compute_dtype
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
+
+
+def peft_problems(spec) -> list[tuple[tuple, str, Any]]:
+    """(location, reason, input) for each way a QLoRA spec does not fit the strategy."""
+    p, s = spec.peft, spec.strategy
+    if p.type != "qlora":
+        return []
+    if s.type == "deepspeed":
+        return [
+            (
+                ("strategy", "type"),
+                "peft.type qlora trains with strategy ddp only: DeepSpeed casts and partitions parameters, "
+                "which breaks bitsandbytes' packed 4-bit weights (use ddp, or peft.type lora with deepspeed)",
+                s.type,
+            )
+        ]
+    if s.type == "pipeline":
+        return [
+            (
+                ("strategy", "type"),
+                "peft.type qlora trains with strategy ddp only: the pipeline engine rebuilds and splits "
+                "the model in full precision (use ddp, or peft.type lora with pipeline)",
+                s.type,
+            )
+        ]
+    return []

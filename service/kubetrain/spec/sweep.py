@@ -287,10 +287,17 @@ def bounds_problem(dist: Any) -> str | None:
 
 
 def canonical_path(path: str, spec_data: dict) -> str:
-    """`peft.lora.r` -> `peft.r` when spec.peft is LoRA (the union is tagged by type); others unchanged."""
+    """`peft.lora.r` -> `peft.r` when spec.peft is LoRA (the union is tagged by type), likewise `peft.qlora.r`
+    for QLoRA; others unchanged."""
     head, _, rest = path.partition(".")
-    if head == "peft" and rest.startswith("lora.") and (spec_data.get("peft") or {}).get("type") == "lora":
-        return "peft." + rest.removeprefix("lora.")
+    kind, _, field = rest.partition(".")
+    if (
+        head == "peft"
+        and field
+        and kind in ("lora", "qlora")
+        and (spec_data.get("peft") or {}).get("type") == kind
+    ):
+        return "peft." + field
     return path
 
 

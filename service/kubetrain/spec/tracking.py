@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+
+from pydantic import Field, field_validator
 
 from .base import Spec
 
@@ -38,3 +40,16 @@ class TrackingSpec(Spec):
     tags: dict[str, str] = Field(default_factory=dict, description="Extra tags for the MLflow run.")
     system_metrics: bool = Field(True, description="Sample CPU, memory and GPU usage into the run.")
     register_model: str | None = Field(None, description="Register the final model under this registry name.")
+    register_alias: str | None = Field(
+        "candidate",
+        pattern=r"^[A-Za-z0-9_-]{1,255}$",
+        description="Alias moved to each new version registered by register_model (letters, digits, _ and -; "
+        "not 'latest' nor v<number>, which MLflow reserves); null registers without an alias.",
+    )
+
+    @field_validator("register_alias")
+    @classmethod
+    def _alias_not_reserved(cls, alias: str | None) -> str | None:
+        if alias is not None and (alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias)):
+            raise ValueError(f"'{alias}' is reserved by MLflow ('latest' and v<number> name versions)")
+        return alias

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import Spec
+from .health import HealthSpec
 
 
 class EarlyStopping(Spec):
@@ -69,6 +70,23 @@ class TrainingSpec(Spec):
     early_stopping: EarlyStopping | None = Field(
         None, description="Stop early on a stalled validation metric."
     )
+    class_weights: Literal["balanced"] | dict[str, float] | None = Field(
+        None,
+        description="sequence_classification: weight each class in the cross-entropy loss. balanced: "
+        "n_samples / (n_classes x count of the class) over the training split (scikit-learn's "
+        "compute_class_weight); or a map of label -> weight (labels as in the data, missing ones weigh 1).",
+    )
+    health: HealthSpec = Field(
+        default_factory=HealthSpec,
+        description="Training-health warnings: loss spikes and overfitting (a NaN or infinite loss or "
+        "gradient always stops the run).",
+    )
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _label_keys(cls, value):
+        """Integer labels are written as YAML integer keys ({0: 1.0, 1: 4.0}); labels are matched as text."""
+        return {str(k): w for k, w in value.items()} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:
@@ -82,4 +100,11 @@ class TrainingSpec(Spec):
             and self.warmup_steps > self.max_steps
         ):
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        if isinstance(self.class_weights, dict):
+            bad = {k: w for k, w in self.class_weights.items() if not (0.0 < w < float("inf"))}
+            if not self.class_weights or bad:
+                raise ValueError(
+                    f"class_weights: give 'balanced' or a non-empty map of label -> positive finite weight; "
+                    f"got {self.class_weights}"
+                )
         return self

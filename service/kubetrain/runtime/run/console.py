@@ -17,6 +17,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from .classification_report import BASELINE_NAMES, summary_lines
+
 LABELS = {
     "eval_loss": "validation loss",
     "eval_perplexity": "perplexity",
@@ -27,6 +29,11 @@ LABELS = {
     "eval_recall": "recall",
     "eval_f1": "F1",
     "eval_auc": "ROC AUC",
+    "eval_ece": "calibration error (ECE)",
+    "eval_reward_accuracy": "reward accuracy (DPO)",
+    "eval_reward_margin": "reward margin (DPO)",
+    "eval_logps_chosen": "log-prob of chosen",
+    "eval_logps_rejected": "log-prob of rejected",
 }
 
 
@@ -106,9 +113,19 @@ class RunConsole:
             table.add_column("metric")
             table.add_column("before", justify="right")
             table.add_column("after", justify="right")
+            baselines = getattr(
+                result, "baselines", {}
+            )  # classification: beside the model, on the same validation split
+            for name in baselines:
+                table.add_column(BASELINE_NAMES.get(name, name), justify="right")
             for k in keys:
-                table.add_row(LABELS[k], _fmt(result.before.get(k), k), _fmt(result.after.get(k), k))
+                table.add_row(LABELS[k], _fmt(result.before.get(k), k), _fmt(result.after.get(k), k),
+                              *[_fmt(b.get(k), k) for b in baselines.values()])  # fmt: skip
             c.print(table)
+        for line in summary_lines(result):
+            c.print(line, soft_wrap=True, markup=False, highlight=False)
+        for name, evidence in getattr(result, "warnings", {}).items():  # training health (run/diagnosis.py)
+            c.print(f"Warning ({name}): {evidence}", soft_wrap=True, markup=False, highlight=False)
         for prompt, ref, got in result.samples_after[:3]:
             c.print(
                 f"  {prompt.strip().splitlines()[-1][:90]}\n    expected {ref!r}  generated {got!r}",
@@ -136,6 +153,6 @@ class RunConsole:
 def _fmt(value, key: str) -> str:
     if value is None:
         return "-"
-    if key in ("eval_exact_match", "eval_accuracy", "eval_token_accuracy"):
+    if key in ("eval_exact_match", "eval_accuracy", "eval_token_accuracy", "eval_reward_accuracy"):
         return f"{100 * value:.1f}%"
     return f"{value:.4f}"

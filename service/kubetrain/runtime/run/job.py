@@ -17,6 +17,7 @@ from ..train import data as data_mod
 from ..train.engines import check_model
 from ..train.models import ModelUnavailable, resolve_model_dir
 from ..train.progress import Phases
+from . import dataset_inputs, lineage
 from .console import RunConsole
 from .launch import Launched, import_launch, launch
 from .paths import JobError, RunPaths, check_inputs, resolve_paths, run_paths
@@ -148,15 +149,17 @@ def _start_tracker(job: TrainingJob, paths: RunPaths, parent_run_id, extra_tags)
     tracker = Tracker(
         job, paths.run_dir, paths.local_root, parent_run_id=parent_run_id, extra_tags=extra_tags
     )
-    tracker.start(_run_tags(job))
+    data = dataset_inputs.describe(job.spec.data, job.spec.training.seed)  # one pass over the data's bytes
+    tracker.start(_run_tags(job, data.fingerprint))
+    tracker.log_datasets(data.datasets)
     tracker.set_tags({"driver_seconds.start_tracking": str(round(time.perf_counter() - t0, 2))})
     return tracker
 
 
-def _run_tags(job: TrainingJob) -> dict[str, str]:
+def _run_tags(job: TrainingJob, fingerprint: str) -> dict[str, str]:
     """Where the run came from: library versions, the data's fingerprint and the git commit."""
     tags = {f"version.{k}": v for k, v in versions().items()}
-    tags["data.fingerprint"] = data_mod.fingerprint(job.spec.data)
+    tags["data.fingerprint"] = fingerprint
     commit, dirty = git_commit()
     if commit:
         tags.update(
@@ -208,6 +211,9 @@ def _record_outcome(result: RunResult, launched: Launched, progress: Progress, h
         # Ray workers' own logs are not on the console unless asked for
         hint = " (worker logs: /tmp/ray/session_latest/logs; KUBETRAIN_VERBOSE=1 shows them live)"
         result.error = error + (hint if hint_logs else "")
+    diagnosis = progress.diagnosis.conclude()  # the workers ended normally, having stopped on a NaN
+    if diagnosis is not None and error is None:
+        result.succeeded, result.error = False, diagnosis
 
 
 def _publish(result: RunResult, paths: RunPaths, tracker: Tracker, job: TrainingJob) -> None:
@@ -221,11 +227,20 @@ def _publish(result: RunResult, paths: RunPaths, tracker: Tracker, job: Training
     if os.path.exists(paths.final_dir):
         result.final_dir = paths.final_dir
         tracker.log_artifacts(paths.final_dir, "model")
-        if job.spec.tracking.register_model:
-            tracker.register_model(job.spec.tracking.register_model)
     if os.path.exists(paths.best_dir):
         result.best_dir = paths.best_dir
         tracker.log_artifacts(paths.best_dir, "best_model")
+    models = lineage.model_records(job, paths, tracker.evaluations, result.steps)
+    tracker.record_models(models, _registration(job, tracker))
+
+
+def _registration(job: TrainingJob, tracker: Tracker) -> lineage.Registration | None:
+    """tracking.register_model, for a run of its own (a sweep's trials register nothing: which trial
+    would win is not known yet, and each would move the alias)."""
+    t = job.spec.tracking
+    if not t.register_model or tracker.parent_run_id:
+        return None
+    return lineage.Registration(t.register_model, t.register_alias)
 
 
 def _summarise(result: RunResult, paths: RunPaths, tracker: Tracker, progress: Progress) -> None:
@@ -237,6 +252,7 @@ def _summarise(result: RunResult, paths: RunPaths, tracker: Tracker, progress: P
     if summary:
         tracker.log_metrics(summary, result.steps)
     tracker.set_tags({"kubetrain.stopped_early": str(result.stopped_early).lower()})
+    tracker.set_tags(progress.diagnosis.tags())  # kubetrain.health, the diagnosis, kubetrain.warning.*
     tracker.end("FINISHED" if result.succeeded else "FAILED")
     result.mlflow_hint = tracker.ui_hint()
     if progress.reporter:

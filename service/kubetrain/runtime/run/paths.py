@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ...spec import TrainingJob
 from .. import storage
 from ..train import data as data_mod
+from ..train import init_from
 
 
 class JobError(RuntimeError):
@@ -49,8 +50,18 @@ def resolve_paths(job: TrainingJob) -> TrainingJob:
     root = job.spec.checkpoint.storage
     if not storage.is_remote(root):
         root = local_path(root)
+    ref = job.spec.model.init_from  # a relative path, made absolute (a job name resolves under the storage)
+    model = (
+        job.spec.model.model_copy(update={"init_from": init_from.location(ref, root)})
+        if ref
+        else job.spec.model
+    )
     spec = job.spec.model_copy(
-        update={"data": data, "checkpoint": job.spec.checkpoint.model_copy(update={"storage": root})}
+        update={
+            "data": data,
+            "model": model,
+            "checkpoint": job.spec.checkpoint.model_copy(update={"storage": root}),
+        }
     )
     return job.model_copy(update={"spec": spec})
 
@@ -63,7 +74,8 @@ def check_inputs(job: TrainingJob) -> None:
             raise JobError(f"spec.data.{key}: '{value}' does not exist (relative to {os.getcwd()})")
     try:
         data_mod.check_source(job.spec.data)
-    except data_mod.DataError as e:
+        init_from.check(job.spec.model, job.spec.checkpoint.storage)
+    except (data_mod.DataError, init_from.InitFromError) as e:
         raise JobError(str(e)) from None
 
 

@@ -6,8 +6,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rich.markup import escape  # evidence carries [brackets]: never markup
+
 from .. import contract as ev
+from . import classification_report
 from .console import RunConsole
+from .diagnosis import Diagnosis
 from .ray_start import verbose
 from .tracking import Tracker
 
@@ -36,6 +40,10 @@ class RunResult:
     mlflow_hint: str = ""
     tracking_note: str | None = None
     memory: list[dict] = field(default_factory=list)  # per rank: param_bytes, grad_bytes, optimizer_bytes
+    baselines: dict = field(default_factory=dict)  # classification: {baseline: eval_* metrics}
+    classification: dict = field(default_factory=dict)  # classification: the final report (report.json)
+    health: str | None = None  # why training stopped unhealthy (train/health.py kinds), None when it did not
+    warnings: dict = field(default_factory=dict)  # training-health warnings: name -> evidence
 
 
 class Progress:
@@ -60,6 +68,8 @@ class Progress:
         self.first_step = 0
         self.setup_started: float | None = None  # when rank 0 began its set-up (wall clock)
         self.latest: dict = {}
+        self.diagnosis = Diagnosis(tracker.job)  # training health: the stop's diagnosis, warnings
+        self.warned: set[str] = set()
         self.handlers = {
             ev.ModelBuilt: self.on_model,
             ev.Memory: self.on_memory,
@@ -70,6 +80,10 @@ class Progress:
             ev.Samples: self.on_samples,
             ev.StoppedEarly: self.on_stopped_early,
             ev.Finished: self.on_final,
+            ev.Baselines: self.on_baselines,
+            ev.Predictions: self.on_predictions,
+            ev.Unhealthy: self.on_unhealthy,
+            ev.Params: self.on_params,
         }
 
     def handle(self, events: list[ev.Event]) -> None:
@@ -125,6 +139,7 @@ class Progress:
         self.history.append({"step": step, "time": e.time, **metrics})
         self.tracker.log_metrics(metrics, step)
         self.console.step(step, metrics, self.eta(step, e.time))
+        self.on_warning(self.diagnosis.on_step(e))
 
     def on_eval(self, e: ev.Evaluated) -> None:
         metrics, step = e.metrics, e.step
@@ -136,7 +151,8 @@ class Progress:
             self.result.after.update(metrics)
         self.latest.update(metrics)
         self.history.append({"step": step, **metrics})
-        self.tracker.log_metrics(metrics, step)
+        self.tracker.log_evaluation(metrics, step)  # remembered: the published models link to them
+        self.on_warning(self.diagnosis.on_eval(e))
         if e.tag == "periodic":
             shown = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in metrics.items())
             self.console.say(f"step {step}: {shown}")
@@ -148,6 +164,31 @@ class Progress:
     def on_stopped_early(self, e: ev.StoppedEarly) -> None:
         self.result.stopped_early = True
         self.console.say(f"Early stopping at step {e.step}: best {e.best_metric:.4f} at step {e.best_step}")
+
+    def on_baselines(self, e: ev.Baselines) -> None:
+        classification_report.record_baselines(e, self.result, self.tracker, self.console)
+
+    def on_predictions(self, e: ev.Predictions) -> None:
+        threshold = self.tracker.job.spec.evaluation.threshold
+        classification_report.record_predictions(e, self.result, self.tracker, threshold)
+
+    def on_params(self, e: ev.Params) -> None:
+        self.tracker.log_params(e.params)
+
+    def on_unhealthy(self, e: ev.Unhealthy) -> None:
+        self.diagnosis.on_unhealthy(e)
+        self.result.health = e.kind
+        self.console.say(f"[red]step {e.step}: {e.kind}, training stops (nothing from it is saved)[/red]")
+
+    def on_warning(self, name: str | None) -> None:
+        """A training-health warning raised or extended: MLflow tag now, the console once, the result."""
+        if name is None:
+            return
+        text = self.result.warnings[name] = self.diagnosis.warnings[name]
+        self.tracker.set_tags({f"kubetrain.warning.{name}": text})
+        if name not in self.warned:
+            self.warned.add(name)
+            self.console.say(f"[yellow]warning ({name}):[/yellow] {escape(text)}")
 
     def on_final(self, e: ev.Finished) -> None:
         self.result.steps = e.step
@@ -172,4 +213,5 @@ class Progress:
             "mlflow_run_id": self.tracker.run_id,
             "mlflow_url": self.tracker.ui_hint() if self.tracker.run_id else None,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "health": self.diagnosis.status(),  # status.health (status_reporter moves it out of progress)
         }

@@ -91,6 +91,7 @@ class KubeStatusReporter:
 def _status(progress: dict[str, Any]) -> dict[str, Any]:
     """status patch: progress (JSON-safe floats), the headline metric and the MLflow run id."""
     clean = {k: v for k, v in progress.items() if v is not None}
+    health = clean.pop("health", None)  # run/diagnosis.py: a NaN stop's reason and message, warnings
     if "metrics" in clean:
         clean["metrics"] = {k: float(v) for k, v in clean["metrics"].items() if _finite(v)}
     for key in ("percent", "eta_seconds"):
@@ -100,6 +101,8 @@ def _status(progress: dict[str, Any]) -> dict[str, Any]:
         clean["percent"] = round(float(clean["percent"]), 1)
     clean.setdefault("updated", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     out: dict[str, Any] = {"progress": clean}
+    if health:
+        out["health"] = health
     metrics = clean.get("metrics") or {}
     for name in HEADLINE:
         if name in metrics:

@@ -22,6 +22,8 @@ from typing import Any
 
 from ... import __version__
 from ...spec import TrainingJob
+from . import dataset_inputs, lineage
+from .dataset_inputs import DatasetRecord
 
 log = logging.getLogger(__name__)
 MAX_PARAM = 6000
@@ -107,6 +109,8 @@ class Tracker:
         self._pending: collections.deque[tuple[Any, tuple, dict]] = collections.deque()
         self.dropped = 0  # calls dropped from a full queue
         self._next_retry, self._backoff = 0.0, 1.0  # while away, the server is retried at most this often
+        self.evaluations: lineage.Evaluations = {}  # what the published models scored (linked to them)
+        self.validation_data: DatasetRecord | None = None  # the dataset input those metrics come from
 
     # -- setup ---------------------------------------------------------------------------------
     def start(self, tags: dict[str, str]) -> None:
@@ -171,8 +175,8 @@ class Tracker:
         self.client.log_artifact(self.run_id, spec_path)
 
     # -- during the run --------------------------------------------------------------------------
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
+    def log_metrics(self, metrics: dict[str, float], step: int, now: int | None = None) -> None:
+        now = now or int(time.time() * 1000)
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps({"step": step, "time": now, **metrics}) + "\n")
         if self.run_id:
@@ -180,6 +184,33 @@ class Tracker:
 
             batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
             self._guard(self.client.log_batch, self.run_id, metrics=batch)
+
+    def log_evaluation(self, metrics: dict[str, float], step: int) -> None:
+        """Validation metrics, remembered with their timestamp: a published model's metrics link to them."""
+        now = int(time.time() * 1000)
+        remembered = {k: (now, float(v)) for k, v in metrics.items() if _finite(v)}
+        self.evaluations.setdefault(step, {}).update(remembered)
+        self.log_metrics(metrics, step, now)
+
+    def log_datasets(self, datasets: list[DatasetRecord]) -> None:
+        """The training and validation data as the run's dataset inputs (lineage)."""
+        self.validation_data = next((d for d in datasets if d.context == "validation"), None)
+        if not (self.run_id and datasets):
+            return
+        try:
+            inputs = dataset_inputs.to_inputs(datasets)
+        except Exception as e:  # describing the data is a nicety: never a reason to fail the run
+            log.warning("dataset inputs not logged: %s: %s", type(e).__name__, e)
+            return
+        self._guard(self.client.log_inputs, self.run_id, datasets=inputs)
+
+    def log_params(self, params: dict[str, str]) -> None:
+        """Params resolved during the run (the spec's own are logged at the start)."""
+        if self.run_id and params:
+            from mlflow.entities import Param
+
+            items = [Param(k[:250], str(v)[:MAX_PARAM]) for k, v in sorted(params.items())]
+            self._guard(self.client.log_batch, self.run_id, params=items)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.run_id:
@@ -194,21 +225,17 @@ class Tracker:
         if self.run_id and os.path.exists(path):
             self._guard(self.client.log_artifact, self.run_id, path, artifact_path)
 
-    def register_model(self, name: str, artifact_path: str = "model") -> None:
-        if not self.run_id:
-            return
-
-        def register() -> None:
-            from mlflow.exceptions import MlflowException
-
-            try:
-                self.client.create_registered_model(name)
-            except MlflowException:
-                pass  # exists already
-            source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
-            self.client.create_model_version(name, source, run_id=self.run_id)
-
-        self._guard(register)
+    def record_models(
+        self, records: list[lineage.ModelRecord], registration: lineage.Registration | None = None
+    ) -> lineage.ModelWriter | None:
+        """The published models as LoggedModels with their metrics; the final one registered (lineage)."""
+        if not self.run_id or not records:
+            return None
+        writer = lineage.ModelWriter(
+            self.client, self.run_id, self.experiment_id, records, registration, self.validation_data
+        )
+        self._guard(writer)  # one call: queued and retried as a whole, going on where it stopped
+        return writer
 
     def end(self, status: str) -> None:
         if self.run_id:

@@ -11,6 +11,8 @@ from rich.live import Live
 from rich.markup import escape  # error texts carry [brackets] (gloo, Ray): never markup
 from rich.table import Table
 
+from . import learning_curve
+
 STATUS_STYLE = {
     "pending": "dim",
     "running": "cyan",
@@ -116,7 +118,8 @@ class SweepConsole:
 
 
 def log_plots(trials: list, metrics: list[str], sweep, out_dir: str) -> list[str]:
-    """metric per trial over training steps, and each parameter against the metric; returns the PNG paths."""
+    """metric per trial over training steps, each parameter against the metric, and the learning curve when
+    data.train_fraction varies (PNG and JSON); returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,7 +167,7 @@ def log_plots(trials: list, metrics: list[str], sweep, out_dir: str) -> list[str
         fig.savefig(path)
         plt.close(fig)
         paths.append(path)
-    return paths
+    return paths + learning_curve.write(trials, metric, sweep, out_dir)
 
 
 def _canon(raw: str, params: dict) -> str:

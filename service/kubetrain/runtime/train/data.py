@@ -124,23 +124,29 @@ def check_source(spec: DataSpec) -> None:
 
 
 def load_splits(spec: DataSpec, seed: int, cache_dir: str) -> Splits:
+    """Training and validation records. A held-out validation split and the train_fraction subset are
+    seeded and, for classification, stratified (train/subsets.py); the fraction is taken last, so validation
+    and the label names are the same for every fraction."""
+    from .subsets import hold_out, take_fraction
+
     train = load_source(spec.train, spec.file_type, cache_dir)
+    _check_columns(train, spec)
+    stratify = spec.fields.label if spec.format == "classification" else None
     if spec.validation:
         validation = load_source(spec.validation, spec.file_type, cache_dir)
     elif spec.validation_split > 0:
-        parts = train.train_test_split(test_size=spec.validation_split, seed=seed, shuffle=True)
-        train, validation = parts["train"], parts["test"]
+        train, validation = hold_out(train, spec.validation_split, seed, stratify)
     else:
         validation = None
     if spec.max_train_samples:
         train = train.select(range(min(spec.max_train_samples, len(train))))
     if validation is not None and spec.max_validation_samples:
         validation = validation.select(range(min(spec.max_validation_samples, len(validation))))
-    _check_columns(train, spec)
     label_names = None
     if spec.format == "classification":
         values = sorted({str(v) for v in train[spec.fields.label]})
         label_names = values
+    train = take_fraction(train, spec.train_fraction, seed, stratify)
     return Splits(train, validation, label_names)
 
 
@@ -155,6 +161,7 @@ def _check_columns_of(columns: list[str], spec: DataSpec) -> None:
         "instruction": [f.prompt, f.response],
         "chat": [f.messages],
         "classification": [f.text, f.label],
+        "preference": [f.prompt, f.chosen, f.rejected],
     }[spec.format]
     missing = [c for c in need if c not in columns]
     if missing:

@@ -27,8 +27,19 @@ def _gather(obj: Any) -> list:
 
 
 @torch.no_grad()
-def evaluate(model, loader, task: str, device, autocast, max_batches: int | None = None) -> dict[str, float]:
-    """Validation metrics over this worker's shard, combined across workers (every rank gets the same dict)."""
+def evaluate(
+    model,
+    loader,
+    task: str,
+    device,
+    autocast,
+    max_batches: int | None = None,
+    predictions: dict | None = None,
+) -> dict[str, float]:
+    """Validation metrics over this worker's shard, combined across workers (every rank gets the same dict).
+
+    predictions (classification): a dict that receives every rank's "labels" and "probs", gathered.
+    """
     model.eval()
     loss_sum = count = correct = 0.0
     labels_all: list[int] = []
@@ -66,6 +77,8 @@ def evaluate(model, loader, task: str, device, autocast, max_batches: int | None
         }
     labels = [y for part in _gather(labels_all) for y in part]
     probs = [p for part in _gather(probs_all) for p in part]
+    if predictions is not None:
+        predictions.update(labels=labels, probs=probs)
     return {"eval_loss": loss, **classification_metrics(labels, probs)}
 
 

@@ -184,15 +184,32 @@ def build_tokenizer(spec: ModelSpec, model_dir: str | None, train_texts: Iterato
     return tokenizer
 
 
-def build_model(spec: ModelSpec, model_dir: str | None, tokenizer, task: str, num_labels: int | None = None):
-    """A transformers model for the task: loaded from model_dir, or fresh from spec.from_config."""
+def build_model(
+    spec: ModelSpec,
+    model_dir: str | None,
+    tokenizer,
+    task: str,
+    num_labels: int | None = None,
+    quantization=None,
+):
+    """A transformers model for the task: loaded from model_dir, or fresh from spec.from_config; with
+    quantization (train/quantize.py, QLoRA) its linear layers are 4-bit and it is ready for adapters."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     dtype = getattr(torch, spec.dtype)
     auto = AutoModelForSequenceClassification if task == "sequence_classification" else AutoModelForCausalLM
     extra: dict[str, Any] = {"num_labels": num_labels} if num_labels else {}
-    if spec.from_config is not None:
+    if quantization is not None:
+        from .quantize import build_4bit
+
+        if spec.from_config is not None:
+            config = _fresh_config(spec, tokenizer, **extra)
+            fresh = lambda: auto.from_config(config, dtype=dtype)  # noqa: E731
+        else:
+            config, fresh = AutoConfig.from_pretrained(model_dir, **extra), None
+        model = build_4bit(quantization, auto, model_dir, config, dtype, fresh)
+    elif spec.from_config is not None:
         config = _fresh_config(spec, tokenizer, **extra)
         model = auto.from_config(config, dtype=dtype)
     else:
@@ -255,3 +272,20 @@ def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
+
+
+def continue_adapter(model, adapter_dir: str, peft_spec, keep_reference: bool):
+    """The base model with a trained PEFT adapter loaded to train further (model.init_from).
+
+    keep_reference also loads it as a second, frozen adapter "reference" (DPO's reference policy: a few MB,
+    not a second model). Without LoRA in the spec (a full fine-tune), the adapter is merged into the weights.
+    """
+    from peft import PeftModel
+
+    if not isinstance(peft_spec, LoraSpec):
+        return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    if keep_reference:
+        peft_model.load_adapter(adapter_dir, adapter_name="reference", is_trainable=False)
+        peft_model.set_adapter("default")  # the trained one is active; "reference" stays frozen
+    return peft_model

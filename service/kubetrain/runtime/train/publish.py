@@ -40,7 +40,7 @@ def write_model(model, tokenizer, dest: str, merge: bool = False, info: dict | N
         with open(os.path.join(tmp, "kubetrain_model.json"), "w") as f:
             json.dump(info, f)
     if merge:
-        merged = model.merge_and_unload()
+        merged = _merged(model)
         merged.save_pretrained(os.path.join(tmp, "merged"))
         tokenizer.save_pretrained(os.path.join(tmp, "merged"))
     old = None
@@ -50,3 +50,12 @@ def write_model(model, tokenizer, dest: str, merge: bool = False, info: dict | N
     os.replace(tmp, dest)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _merged(model):
+    """The adapter merged into the base; a 4-bit (QLoRA) base is dequantized first (train/quantize.py)."""
+    if getattr(model, "is_loaded_in_4bit", False):
+        from .quantize import merged_full_precision
+
+        return merged_full_precision(model)
+    return model.merge_and_unload()

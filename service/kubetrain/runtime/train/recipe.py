@@ -20,13 +20,24 @@ from .. import contract as ev
 from .. import storage
 from ..contract import WorkerConfig
 from . import checkpoint as ckpt
+from . import class_weights, health, init_from, progress
 from . import data as data_mod
-from . import progress
+from .baselines import baselines_event
 from .channel import Channel
+from .dpo import DPOObjective, Reference, evaluate_pairs
 from .engines import check_in_process, engine_class, kept_rng, make_engine
 from .evaluate import evaluate, exact_match
-from .models import apply_peft, build_model, build_tokenizer, count_parameters, resolve_model_dir
+from .models import (
+    apply_peft,
+    build_model,
+    build_tokenizer,
+    continue_adapter,
+    count_parameters,
+    resolve_model_dir,
+)
+from .preference import PreferenceFormatter, tokenize_splits
 from .publish import publish_model
+from .quantize import quantization_for
 from .session import LocalSession, RaySession
 
 
@@ -65,6 +76,7 @@ class Recipe:
         self.phases = progress.Phases()
         self.st = ckpt.TrainState(spec_fingerprint=_spec_fingerprint(self.job))
         self.resumed = False
+        self.predictions: dict = {}  # classification: the last evaluation's labels and probabilities
 
     def run(self) -> None:
         self.setup()
@@ -73,7 +85,8 @@ class Recipe:
             self.channel.emit(ev.Evaluated(step=0, tag="before", metrics=self.evaluate("before")))
             self.phases.mark("eval_before")
         self.train()
-        self.finish()
+        if not self.unhealthy:  # stopped on a NaN: nothing from the bad state is evaluated or published
+            self.finish()
 
     # ---- set-up --------------------------------------------------------------------------------------
 
@@ -82,6 +95,7 @@ class Recipe:
         _seed(self.spec.training.seed)
         self.phases.mark("import_libraries")  # transformers' set_seed imports peft, and with it most of torch
         self._setup_data()
+        self._setup_classification()
         self._setup_model()
         self._setup_loaders()
         self._setup_engine()
@@ -89,10 +103,17 @@ class Recipe:
     def _setup_data(self) -> None:
         spec, config = self.spec, self.config
         self.splits = data_mod.load_splits(spec.data, spec.training.seed, config.cache_dir)
+        self.class_weights = self._class_weights()
         self.phases.mark("load_data")
         self.model_dir = config.model_dir
         if self.model_dir is None and spec.model.name_or_path:  # in a cluster each node resolves its copy
             self.model_dir = resolve_model_dir(spec.model, config.models_dir)
+        # model.init_from: an adapter to continue on this base, or a whole model in place of name_or_path
+        self.init_dir, self.init_kind = init_from.resolve(
+            spec.model, spec.checkpoint.storage, config.models_dir
+        )
+        if self.init_kind == "model":
+            self.model_dir = self.init_dir
         engine_class(spec).check_model(spec, self.model_dir)
         texts = (
             str(r[spec.data.fields.text])
@@ -104,6 +125,8 @@ class Recipe:
         self.formatter = (
             data_mod.Formatter(spec.data, self.tokenizer)
             if spec.data.format in ("instruction", "chat")
+            else PreferenceFormatter(spec.data, self.tokenizer)
+            if spec.data.format == "preference"
             else None
         )
         gen, val = spec.evaluation.generation, self.splits.validation
@@ -122,8 +145,12 @@ class Recipe:
                 self.tokenizer,
                 spec.task,
                 num_labels=len(labels) if labels else None,
+                quantization=quantization_for(spec, self.device),
             )
-            m = apply_peft(m, spec.peft, spec.task)
+            if self.init_kind == "adapter":
+                m = continue_adapter(m, self.init_dir, spec.peft, keep_reference=spec.task == "dpo")
+            else:
+                m = apply_peft(m, spec.peft, spec.task)
         return m.to(self.device)
 
     def _setup_model(self) -> None:
@@ -137,9 +164,15 @@ class Recipe:
             ev.ModelBuilt(model_class=type(self.model).__name__, trainable=trainable, total=total)
         )
         labels = self.splits.label_names
-        self.train_ds = data_mod.tokenize(self.splits.train, spec.data, self.tokenizer, labels)
-        self.val_ds = data_mod.tokenize(self.splits.validation, spec.data, self.tokenizer, labels)
-        self.collate = data_mod.collate(self.tokenizer, spec.task == "sequence_classification")
+        if (
+            spec.task == "dpo"
+        ):  # preference pairs; the frozen reference is taken before an engine wraps the model
+            self.train_ds, self.val_ds, self.collate = tokenize_splits(self.splits, spec.data, self.tokenizer)
+            self.dpo = DPOObjective(spec.dpo, Reference(self.model))
+        else:
+            self.train_ds = data_mod.tokenize(self.splits.train, spec.data, self.tokenizer, labels)
+            self.val_ds = data_mod.tokenize(self.splits.validation, spec.data, self.tokenizer, labels)
+            self.collate = data_mod.collate(self.tokenizer, spec.task == "sequence_classification")
         self.phases.mark("tokenize")
 
     def _setup_loaders(self) -> None:
@@ -173,9 +206,57 @@ class Recipe:
     def _setup_engine(self) -> None:
         spec = self.spec
         engine_class(spec).prepare_environment(spec, self.device.type)
-        self.engine = make_engine(self.model, spec, self.total_steps, self.session, self._build)
+        self.engine = make_engine(
+            self.model, spec, self.total_steps, self.session, self._build, objective=self._objective()
+        )
         self.autocast = _autocast(spec.training.precision, self.device)
         self.phases.mark("prepare_" + spec.strategy.type)
+
+    def _objective(self):
+        """What training minimises when it is not the model's own loss (train/objective.py); None keeps it."""
+        if self.class_weights is not None:
+            return class_weights.WeightedCrossEntropy(self.class_weights)
+        return self.dpo if self.spec.task == "dpo" else None
+
+    def _class_weights(self) -> list[float] | None:
+        """training.class_weights resolved on the training split (one per label id), logged as params."""
+        setting, names = self.spec.training.class_weights, self.splits.label_names
+        if setting is None or not names:
+            return None
+        labels = self.splits.train[self.spec.data.fields.label]
+        weights = class_weights.resolve(setting, labels, names)
+        if self.rank == 0:
+            self.channel.emit(ev.Params(params=class_weights.as_params(weights, names)))
+        return weights
+
+    def _setup_classification(self) -> None:
+        """Classification: a threshold needs two classes; the baselines the model must beat (rank 0 only)."""
+        spec, names = self.spec, self.splits.label_names or []
+        if spec.task != "sequence_classification":
+            return
+        if spec.evaluation.threshold is not None and len(names) != 2:
+            raise ValueError(
+                f"spec.evaluation.threshold applies to two classes; the training data has {len(names)}: {names}"
+            )
+        if self.rank == 0:
+            f = spec.data.fields
+            event = baselines_event(self.splits, f.text, f.label, spec.training.seed)
+            if event is not None:
+                self.channel.emit(event)
+
+    def _emit_predictions(self) -> None:
+        """Classification: the final model's validation predictions, for the driver's report. The last periodic
+        evaluation scored the final model; when it saw only eval_batches of it, or none ran (resumed at the
+        end), one full pass now (collective)."""
+        spec = self.spec
+        if spec.task != "sequence_classification" or self.val_loader is None:
+            return
+        if not self.predictions or spec.training.eval_batches is not None:
+            model, task = self.engine.model, spec.task
+            evaluate(model, self.val_loader, task, self.device, self.autocast, predictions=self.predictions)
+        if self.rank == 0:
+            names = list(self.splits.label_names or [])
+            self.channel.emit(ev.Predictions(step=self.st.step, label_names=names, **self.predictions))
 
     # ---- resume --------------------------------------------------------------------------------------
 
@@ -212,6 +293,8 @@ class Recipe:
             )
         )
         self.fault_step = int(os.environ.get("KUBETRAIN_FAULT_AT_STEP", "0"))
+        self.unhealthy = False
+        self.check_grads = t.precision != "fp16"  # fp16 loss scaling skips overflowing steps by design
         self.memory_reported = False
         self.eval_every = t.eval_every or self.steps_per_epoch
         self.ckpt_every = spec.checkpoint.every or self.eval_every
@@ -247,9 +330,15 @@ class Recipe:
         return False
 
     def _optimizer_step(self) -> bool:
-        """Step, then log / evaluate / checkpoint as due; True when training is over."""
+        """Step, then log / evaluate / checkpoint as due; True when training is over (or unhealthy)."""
         spec, st = self.spec, self.st
+        if self._stop_unhealthy(self._health_before_step()):  # a NaN is never applied, nor checkpointed
+            return True
         grad_norm = self.engine.step(spec.training.max_grad_norm)
+        if self.check_grads and grad_norm is not None and not math.isfinite(grad_norm):
+            # engines that update inside train_batch (DeepSpeed): the norm is global, so every rank stops here
+            self._stop_unhealthy((health.nonfinite(0.0, grad_norm), grad_norm))
+            return True
         if not self.memory_reported:  # after the first step: optimizers create their state lazily
             self.memory_reported = True
             ranks = progress.gather_memory(self.engine.memory())
@@ -267,6 +356,26 @@ class Recipe:
         if evaluated is not None:  # in one process with its driver: go on once it has handled the evaluation
             self.session.evaluation_reported()
         return last or st.stopped_early
+
+    def _health_before_step(self) -> tuple[str | None, float | None]:
+        """What is NaN or infinite in the step about to be taken (the same on every rank), and the grad norm."""
+        loss = sum(self.window.loss)
+        if health.injected_nan(self.st.step + 1, self.rank, self.world):
+            loss = math.nan
+        norm = health.grad_norm(self.engine.inner.parameters()) if self.check_grads else None
+        return health.agree(health.nonfinite(loss, norm)), norm
+
+    def _stop_unhealthy(self, found: tuple[str | None, float | None]) -> bool:
+        """Tell the driver why training stops here (every rank stops); True when it does."""
+        kind, norm = found
+        if kind is None:
+            return False
+        self.unhealthy = True
+        loss = progress.mean_over_ranks(sum(self.window.loss))  # collective; NaN when any rank's loss is
+        if self.rank == 0:
+            lr, step = self.engine.lr(), self.st.step + 1
+            self.channel.emit(ev.Unhealthy(step=step, kind=kind, loss=loss, grad_norm=norm, learning_rate=lr))
+        return True
 
     def _evaluate_periodic(self) -> dict:
         """Validation metrics, sent; early stopping's memory; the best model published when this is it."""
@@ -300,7 +409,16 @@ class Recipe:
     def evaluate(self, tag: str) -> dict:
         """Validation loss (periodic, before) and generation metrics (before, final)."""
         spec, metrics = self.spec, {}
-        if self.val_loader is not None and tag != "final":  # the last periodic eval has the final loss
+        if self.val_loader is not None and tag != "final" and spec.task == "dpo":
+            metrics = evaluate_pairs(
+                self.engine.model,
+                self.val_loader,
+                self.dpo,
+                self.device,
+                self.autocast,
+                spec.training.eval_batches,
+            )
+        elif self.val_loader is not None and tag != "final":  # the last periodic eval has the final loss
             metrics = evaluate(
                 self.engine.model,
                 self.val_loader,
@@ -308,6 +426,7 @@ class Recipe:
                 self.device,
                 self.autocast,
                 spec.training.eval_batches,
+                predictions=self.predictions,
             )
         if self.gen_records and tag in ("before", "final"):
             gen = spec.evaluation.generation
@@ -340,6 +459,7 @@ class Recipe:
 
     def finish(self) -> None:
         spec, st = self.spec, self.st
+        self._emit_predictions()
         final = self.evaluate("final") if self.gen_records else {}
         if final:
             self.channel.emit(ev.Evaluated(step=st.step, tag="final", metrics=final))
@@ -427,3 +547,5 @@ def _quiet() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.getLogger("torch.distributed").setLevel(logging.ERROR)
+    # peft imports bitsandbytes, which warns on import that an optional CPU kernel package is missing
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

@@ -22,12 +22,15 @@ __all__ = [
 ]
 
 
-def make_engine(model, spec, total_steps: int, session, rebuild) -> Engine:
+def make_engine(model, spec, total_steps: int, session, rebuild, objective=None) -> Engine:
     """The spec's engine around `model` on this session's rank; rebuild() returns a fresh whole model built
-    like `model` (engines that split or shard it gather into one)."""
+    like `model` (engines that split or shard it gather into one); objective replaces the model's own loss."""
     if not session.distributed:
         check_in_process(spec)
-    return engine_class(spec)(
+    cls = engine_class(spec)
+    if objective is not None and not cls.takes_objective:
+        raise ValueError(f"strategy '{spec.strategy.type}' trains on the model's own loss only")
+    engine = cls(
         model,
         spec,
         total_steps,
@@ -37,6 +40,9 @@ def make_engine(model, spec, total_steps: int, session, rebuild) -> Engine:
         rebuild=rebuild,
         distributed=session.distributed,
     )
+    if objective is not None:
+        engine.objective = objective
+    return engine
 
 
 def check_model(spec, model_dir: str | None) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import schedule
+from ..objective import Objective, model_loss
 
 _ENGINES: dict[str, type[Engine]] = {}
 
@@ -47,6 +48,10 @@ class Engine:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     training = None  # the spec's training section
     total_steps = 0
+    #: what train_batch minimises (train/objective.py); make_engine sets the recipe's
+    objective: Objective = staticmethod(model_loss)
+    #: whether train_batch calls `objective` (the pipeline engine computes its loss per stage)
+    takes_objective = True
 
     # ---- what differs by strategy before an engine exists -------------------------------------------
 

@@ -38,7 +38,7 @@ class DDPEngine(Engine):
         no_sync = sync or not hasattr(self.model, "no_sync")
         with contextlib.nullcontext() if no_sync else self.model.no_sync():
             with autocast():
-                loss = self.model(**batch).loss / accum
+                loss = self.objective(self.model, batch) / accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         return loss.item()
 

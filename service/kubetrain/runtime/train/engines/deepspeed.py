@@ -67,7 +67,9 @@ class DeepSpeedEngine(Engine):
         self.rebuild = rebuild
 
     def train_batch(self, batch, sync, accum, autocast):
-        loss = self.model(**batch).loss  # DeepSpeed handles bf16 itself; backward divides by accumulation
+        loss = self.objective(
+            self.model, batch
+        )  # DeepSpeed handles bf16 itself; backward divides by accumulation
         self.model.backward(loss)
         self.model.step()  # a no-op for the optimizer until the accumulation boundary
         return loss.item() / accum

@@ -59,6 +59,8 @@ class PipelineModel(nn.Module):
 class PipelineEngine(Engine):
     """This rank's stage of one pipeline replica; see the module docstring for the layout and the scaling."""
 
+    takes_objective = False  # each stage's schedule computes transformers' loss itself
+
     @classmethod
     def data_shard(cls, spec, rank, world):
         """The stages of one replica read the same data."""
