@@ -332,12 +332,13 @@ class Recipe:
     def _optimizer_step(self) -> bool:
         """Step, then log / evaluate / checkpoint as due; True when training is over (or unhealthy)."""
         spec, st = self.spec, self.st
-        if self._stop_unhealthy(self._health_before_step()):  # a NaN is never applied, nor checkpointed
+        found, measured = self._health_before_step()
+        if self._stop_unhealthy(found, measured):  # a NaN is never applied, nor checkpointed
             return True
-        grad_norm = self.engine.step(spec.training.max_grad_norm)
+        grad_norm = self.engine.step(spec.training.max_grad_norm, measured)
         if self.check_grads and grad_norm is not None and not math.isfinite(grad_norm):
             # engines that update inside train_batch (DeepSpeed): the norm is global, so every rank stops here
-            self._stop_unhealthy((health.nonfinite(0.0, grad_norm), grad_norm))
+            self._stop_unhealthy(health.nonfinite(0.0, grad_norm), grad_norm)
             return True
         if not self.memory_reported:  # after the first step: optimizers create their state lazily
             self.memory_reported = True
@@ -365,9 +366,8 @@ class Recipe:
         norm = health.grad_norm(self.engine.inner.parameters()) if self.check_grads else None
         return health.agree(health.nonfinite(loss, norm)), norm
 
-    def _stop_unhealthy(self, found: tuple[str | None, float | None]) -> bool:
+    def _stop_unhealthy(self, kind: str | None, norm: float | None) -> bool:
         """Tell the driver why training stops here (every rank stops); True when it does."""
-        kind, norm = found
         if kind is None:
             return False
         self.unhealthy = True

@@ -74,8 +74,9 @@ class Engine:
         """Forward and backward one per-worker batch; returns its loss divided by accum (same on every rank)."""
         raise NotImplementedError
 
-    def step(self, max_grad_norm: float | None) -> float | None:
-        """Clip, optimizer step, schedule step, zero gradients; returns the gradient norm before clipping."""
+    def step(self, max_grad_norm: float | None, norm: float | None = None) -> float | None:
+        """Clip, optimizer step, schedule step, zero gradients; returns the gradient norm before clipping.
+        norm: this rank's gradient norm when the caller measured it already (not measured again)."""
         raise NotImplementedError
 
     def lr(self) -> float:

@@ -42,12 +42,15 @@ class DDPEngine(Engine):
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         return loss.item()
 
-    def step(self, max_grad_norm):
+    def step(self, max_grad_norm, norm=None):
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        norm = (
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm) if max_grad_norm else None
-        )
+        if not max_grad_norm:
+            norm = None
+        elif norm is None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
+        else:  # measured by the health check before this step: clip with it
+            torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), max_grad_norm, torch.tensor(norm))
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()

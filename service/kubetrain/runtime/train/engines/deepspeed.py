@@ -74,7 +74,7 @@ class DeepSpeedEngine(Engine):
         self.model.step()  # a no-op for the optimizer until the accumulation boundary
         return loss.item() / accum
 
-    def step(self, max_grad_norm):
+    def step(self, max_grad_norm, norm=None):  # DeepSpeed clipped and stepped inside train_batch
         norm = self.model.get_global_grad_norm()
         return float(norm) if norm is not None else None
 

@@ -236,7 +236,7 @@ class PipelineEngine(Engine):
         for g, r in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
             g.copy_(r)
 
-    def step(self, max_grad_norm):
+    def step(self, max_grad_norm, norm=None):  # norm: this rank's only; clipping needs all stages' (below)
         norm = None
         if max_grad_norm:
             counted = [p.grad for p in self.params if p.grad is not None and p is not self.tied_copy]
