@@ -72,7 +72,7 @@ def describe(spec: DataSpec, seed: int | None = None) -> DataLineage:
 def _feed(source: str, hashers: tuple) -> dict:
     """Feed the source's bytes (or, for a URI or a missing file, its path text) to every hasher.
 
-    Walks files exactly as train/data.py's fingerprint does, so the combined hash equals it.
+    Walks the files in sorted order, so the combined hash is the `data.fingerprint` tag runs have always had.
     """
     p = pathlib.Path(source)
     files = sorted(p.iterdir()) if p.is_dir() else [p]

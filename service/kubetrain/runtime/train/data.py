@@ -1,8 +1,7 @@
-"""Turning data sources into tokenized examples: file loading, formats, prompt masking, packing, fingerprints."""
+"""Turning data sources into tokenized examples: file loading, formats, prompt masking, packing."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -169,22 +168,6 @@ def _check_columns_of(columns: list[str], spec: DataSpec) -> None:
             f"spec.data.fields: format '{spec.format}' needs column(s) {missing}, but the data has "
             f"{columns}; map them with spec.data.fields"
         )
-
-
-def fingerprint(spec: DataSpec) -> str:
-    """sha256 over the bytes of the local data files (or the source URIs), for tracking data versions."""
-    h = hashlib.sha256()
-    for source in filter(None, [spec.train, spec.validation]):
-        p = pathlib.Path(source)
-        files = sorted(p.iterdir()) if p.is_dir() else [p]
-        for f in files:
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
-            else:
-                h.update(str(f).encode())
-    return h.hexdigest()
 
 
 class Formatter:
