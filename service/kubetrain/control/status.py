@@ -74,9 +74,8 @@ def status_from_rayjob(
     else:
         phase, reason, message = phase_of(rayjob, suspend)
     health = old.get("health") or {}
-    if phase == Phase.FAILED and health.get(
-        "reason"
-    ):  # the runtime knows why better than the RayJob's exit code
+    # A training-health stop: the runtime knows why better than the RayJob's exit code.
+    if phase == Phase.FAILED and health.get("reason"):
         reason, message = health["reason"], health.get("message") or message
     if not can_move(old.get("phase"), phase):  # e.g. a finished job stays finished
         return {k: old.get(k) for k in OWNED}
