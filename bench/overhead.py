@@ -2,7 +2,8 @@
 
 What it measures. The same job (the quickstart's SmolLM2-135M + LoRA by default: same tokenized data, batch
 size and steps) run two ways, each from a fresh process as a user would start it:
-(a) kubetrain: `run_job` with 2 Ray Train workers (Ray started by the run, MLflow tracking, the console off);
+(a) kubetrain: `run_job` with 2 workers (a local process group by default; `--launcher ray`: Ray Train on a
+    Ray started by the run), MLflow tracking, the console off;
 (b) plain: a 2-process gloo DDP script (spawned processes, AdamW, the same batches; nothing else).
 For each run:
 - time to first step: from starting the process to the end of the first optimizer step (wall clock);
@@ -13,7 +14,7 @@ drift in machine load affects both alike; each pair gives a ratio, and the media
 reported: steady-state kubetrain/plain (goal >= 0.97) and time-to-first-step kubetrain/plain (goal <= 1.5).
 The last line is a JSON object with the figures.
 
-    python bench/overhead.py [--job jobs/quickstart.yaml] [--steps 40] [--warmup 8] [--repeats 3]
+    python bench/overhead.py [--job jobs/quickstart.yaml] [--steps 40] [--warmup 8] [--repeats 3] [--launcher ray]
 """
 
 from __future__ import annotations
@@ -50,11 +51,11 @@ def bench_job(path: str, steps: int, storage: str):
     return load_job(pathlib.Path(path).read_text(), path, overrides)
 
 
-def arm_kubetrain(job) -> list[float]:
+def arm_kubetrain(job, launcher: str) -> list[float]:
     """Wall-clock end time of each step of a kubetrain run in this process."""
     from kubetrain.runtime.run.job import run_job
 
-    result = run_job(job, local_root=str(ROOT / ".kubetrain"), show=False)
+    result = run_job(job, local_root=str(ROOT / ".kubetrain"), show=False, launcher=launcher)
     if not result.succeeded:
         raise SystemExit(f"kubetrain run failed: {result.error}")
     return [h["time"] for h in result.history if "samples_per_second" in h]
@@ -137,6 +138,7 @@ def measure(arm: str, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "ends.json"
         cmd = [sys.executable, __file__, "--arm", arm, "--job", args.job, "--steps", str(args.steps)]
+        cmd += ["--launcher", args.launcher]
         started = time.time()
         subprocess.run([*cmd, "--storage", tmp, "--out", str(out)], check=True, cwd=ROOT)
         ends = json.loads(out.read_text())
@@ -150,7 +152,7 @@ def measure(arm: str, args) -> dict:
 def run_arm(args) -> None:
     """The child process: one arm, its step end times written to --out."""
     job = bench_job(args.job, args.steps, args.storage)
-    ends = arm_plain(job) if args.arm == "plain" else arm_kubetrain(job)
+    ends = arm_plain(job) if args.arm == "plain" else arm_kubetrain(job, args.launcher)
     pathlib.Path(args.out).write_text(json.dumps(ends))
 
 
@@ -160,6 +162,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="pairs of runs (plain and kubetrain)")
+    parser.add_argument(
+        "--launcher", choices=("auto", "processes", "ray"), default="auto", help="kubetrain's"
+    )
     parser.add_argument("--arm", choices=("plain", "kubetrain"), help=argparse.SUPPRESS)
     parser.add_argument("--storage", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -192,6 +197,7 @@ def report(args, runs: dict[str, list[dict]]) -> None:
             {
                 "benchmark": "overhead",
                 "job": args.job,
+                "launcher": args.launcher,
                 "steps": args.steps,
                 "warmup_steps": args.warmup,
                 "repeats": args.repeats,

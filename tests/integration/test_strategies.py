@@ -33,12 +33,13 @@ def assert_same_run(result, reference) -> None:
     assert result.after["eval_loss"] == pytest.approx(reference.after["eval_loss"], **TOL)
 
 
-def interrupted_and_resumed(job, reference, tmp_path):
+def interrupted_and_resumed(job, reference, tmp_path, launcher: str = "auto"):
     """A worker dies after step 7; the rerun resumes from the step-5 checkpoint and matches reference."""
     marker = tmp_path / "fault-once"
-    broken = run(job, worker_env={"KUBETRAIN_FAULT_AT_STEP": "7", "KUBETRAIN_FAULT_MARKER": str(marker)})
+    fault = {"KUBETRAIN_FAULT_AT_STEP": "7", "KUBETRAIN_FAULT_MARKER": str(marker)}
+    broken = run(job, worker_env=fault, launcher=launcher)
     assert not broken.succeeded and marker.exists()
-    resumed = run(job)
+    resumed = run(job, launcher=launcher)
     assert resumed.succeeded, resumed.error
     assert resumed.resumed_from_step == 5
     after = losses(resumed)

@@ -116,3 +116,62 @@ def test_an_in_process_recipe_waits_at_each_evaluation_until_its_driver_has_hand
     stopper.join(30)
     assert not stopper.is_alive() and not launched.running() and passed == [4, 8]
     assert isinstance(launched.error, ev.RunStopped)
+
+
+def test_auto_launcher_is_a_process_group_locally_and_ray_train_in_a_cluster_or_an_up_ray(monkeypatch):
+    import sys
+    import types
+
+    from kubetrain.runtime.run.job import choose_launcher
+    from kubetrain.runtime.run.paths import JobError
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False))
+    assert choose_launcher("auto", in_cluster=False, in_process=False) == "processes"
+    assert choose_launcher("auto", in_cluster=True, in_process=False) == "ray"
+    assert choose_launcher("ray", in_cluster=False, in_process=False) == "ray"
+    assert choose_launcher("processes", in_cluster=True, in_process=True) == "in_process"  # a sweep's trial
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True))
+    assert choose_launcher("auto", in_cluster=False, in_process=False) == "ray"  # a sweep's Ray, a test's
+    with pytest.raises(JobError, match="'processes' runs on this machine only"):
+        choose_launcher("processes", in_cluster=True, in_process=False)
+    with pytest.raises(JobError, match="'mpi' is not one of auto, ray, processes"):
+        choose_launcher("mpi", in_cluster=False, in_process=False)
+
+
+def test_a_process_groups_events_arrive_over_a_multiprocessing_queue_and_its_error_names_the_cause():
+    import multiprocessing
+
+    from torch.multiprocessing import ProcessRaisedException
+
+    q = multiprocessing.get_context("spawn").Queue()
+    trace = (
+        "\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
+        '  File "recipe.py", line 10, in setup\n    raise ValueError("spec.data: no rows left")\n'
+        "ValueError: spec.data: no rows left\n"
+    )
+
+    def body():
+        q.put(ev.Stepped(step=1, metrics={"train_loss": 1.0}))
+        raise ProcessRaisedException(trace, 1, 4242)
+
+    launched = launch.Launched(body, q, stop=lambda: None)
+    seen = launched.next_events(wait_s=5)
+    launched._thread.join(5)
+    seen += launched.drain()
+    assert [e.step for e in seen] == [1] and not launched.on_ray
+    assert launched.error_text() == "ValueError: spec.data: no rows left"
+
+
+def test_a_process_group_gets_whole_gpus_in_order_and_too_few_is_refused_by_name(monkeypatch):
+    from kubetrain.runtime.run.paths import JobError
+    from kubetrain.runtime.run.processes import gpu_assignment
+
+    assert gpu_assignment(2, 0.0) is None  # CPU workers: nothing to assign
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6,7")
+    assert gpu_assignment(2, 1.0) == ["3", "5"]
+    assert gpu_assignment(2, 2.0) == ["3,5", "6,7"]
+    assert gpu_assignment(4, 0.5) == ["3", "5", "6", "7"]
+    with pytest.raises(
+        JobError, match=r"spec.resources: 3 worker\(s\) x 2 GPU\(s\) need 6 GPUs; this machine has 4"
+    ):
+        gpu_assignment(3, 2.0)

@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     from ..client.local import run_foreground
 
-    result = run_foreground(job, root=args.root)
+    result = run_foreground(job, root=args.root, launcher=args.launcher)
     return EXIT_OK if result.succeeded else EXIT_FAILED
 
 
@@ -57,11 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of the TrainingJob file format")
     p.set_defaults(func=_schema)
 
-    p = sub.add_parser("run", help="run a TrainingJob locally (local Ray, MLflow on SQLite)")
+    p = sub.add_parser("run", help="run a TrainingJob locally (local processes or Ray, MLflow on SQLite)")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a field")
     p.add_argument(
         "--root", default=".kubetrain", help="runs, models and the MLflow store (default .kubetrain)"
+    )
+    p.add_argument(
+        "--launcher",
+        choices=("auto", "processes", "ray"),
+        default="auto",
+        help="how a run's workers start: processes of this machine (auto), or Ray Train on a local Ray, as in "
+        "a cluster (slower to start; sweeps always use Ray Tune)",
     )
     p.set_defaults(func=_run)
 

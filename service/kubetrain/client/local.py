@@ -231,8 +231,11 @@ class LocalBackend(Backend):
             time.sleep(0.2)
 
 
-def run_foreground(job: TrainingJob, root: str = ".kubetrain", show: bool = True) -> Any:
-    """`kubetrain run`: the job in this process (imports the runtime lazily); user mistakes -> errors.Invalid."""
+def run_foreground(
+    job: TrainingJob, root: str = ".kubetrain", show: bool = True, launcher: str = "auto"
+) -> Any:
+    """`kubetrain run`: the job in this process (imports the runtime lazily); user mistakes -> errors.Invalid.
+    launcher: how a single run's workers start (runtime/run/job.py choose_launcher); a sweep runs on Ray Tune."""
     from ..runtime.run.job import JobError, run_job
     from ..spec import Problem
 
@@ -241,6 +244,6 @@ def run_foreground(job: TrainingJob, root: str = ".kubetrain", show: bool = True
             from ..runtime.sweep.driver import run_sweep
 
             return run_sweep(job, local_root=root, show=show)
-        return run_job(job, local_root=root, show=show)
+        return run_job(job, local_root=root, show=show, launcher=launcher)
     except JobError as e:
         raise errors.Invalid([Problem("", str(e))]) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,9 @@ from ..train.models import ModelUnavailable, resolve_model_dir
 from ..train.progress import Phases
 from . import dataset_inputs, lineage
 from .console import RunConsole
-from .launch import Launched, import_launch, launch
+from .launch import LAUNCHERS, Launched, import_launch, launch
 from .paths import JobError, RunPaths, check_inputs, resolve_paths, run_paths
+from .processes import gpu_assignment
 from .progress import Progress, RunResult
 from .ray_start import init_ray, running_in_cluster, verbose
 from .tracking import Tracker, git_commit, learning_curve, versions
@@ -38,22 +40,27 @@ def run_job(
     init_checkpoint: str | None = None,
     report_status: bool = True,
     in_process: bool = False,
+    launcher: str = "auto",
 ) -> RunResult:
-    """Run the job to completion on Ray Train (a local Ray, or the cluster's in RAY_ADDRESS); never raises for
-    job errors (JobError: inputs that are not there).
+    """Run the job to completion; never raises for job errors (JobError: inputs that are not there).
 
     on_event sees every worker event (contract.py) after it is handled, here, after one RunStarted (a sweep
     trial reports to Tune from them). report_status: patch status.progress of the TrainingJob in a cluster.
     in_process: the recipe in a thread of this process (world size 1), not a Ray Train worker group.
+    launcher: how the workers start (choose_launcher): "auto", "ray" (Ray Train on the cluster's Ray or a
+    local one) or "processes" (a local process group, no Ray).
     """
     clock, console = PhaseClock(), RunConsole(show)
+    in_cluster = running_in_cluster()
+    launcher = choose_launcher(launcher, in_cluster=in_cluster, in_process=in_process)
     check_inputs(job)
     job = resolve_paths(job)
     paths = run_paths(job, local_root)
     result = RunResult(job.name, False, paths.run_dir)
     os.makedirs(paths.run_dir, exist_ok=True)
-    in_cluster = running_in_cluster()
     try:
+        if launcher == "processes":
+            gpu_assignment(job.spec.resources.workers, job.spec.resources.gpus_per_worker)  # enough GPUs here
         model_dir = None if in_cluster else resolve_model_dir(job.spec.model, paths.models_dir)
         check_model(job.spec, model_dir)  # what validation cannot know: the resolved model fits the strategy
     except ModelUnavailable as e:
@@ -63,7 +70,7 @@ def run_job(
     clock.mark("resolve_model")
 
     launched, tracker = _start(
-        job, paths, model_dir, result, clock, in_cluster=in_cluster, in_process=in_process, worker_env=worker_env,
+        job, paths, model_dir, result, clock, in_cluster=in_cluster, launcher=launcher, worker_env=worker_env,
         tracker_args=(parent_run_id, extra_tags), init_checkpoint=init_checkpoint,
     )  # fmt: skip
     progress = Progress(console, tracker, status_reporter() if report_status else None, result, on_event)
@@ -73,13 +80,39 @@ def run_job(
     console.stop()
     clock.record(tracker, console, progress)
 
-    _record_outcome(result, launched, progress, hint_logs=not (verbose() or in_cluster or in_process))
+    _record_outcome(result, launched, progress, _logs_hint(launcher, paths, in_cluster))
     result.seconds = time.time() - clock.started  # the driver's wall time, set-up included
     _publish(result, paths, tracker, job)
     _summarise(result, paths, tracker, progress)
     launched.close()
     console.summary(result)
     return result
+
+
+def choose_launcher(requested: str, *, in_cluster: bool, in_process: bool) -> str:
+    """How a run's workers start. "auto": Ray Train in a cluster and inside a Ray already up (a sweep's trial,
+    a test session's Ray), else a local process group (run/processes.py): the same recipe without Ray Train's
+    start-up. in_process (a sweep's one-worker trials) wins; a process group cannot run in a cluster."""
+    if in_process:
+        return "in_process"
+    if requested == "auto":
+        ray = sys.modules.get("ray")  # not imported: not initialized
+        return "ray" if in_cluster or (ray is not None and ray.is_initialized()) else "processes"
+    if requested not in LAUNCHERS:
+        raise JobError(f"launcher: '{requested}' is not one of auto, {', '.join(LAUNCHERS[:2])}")
+    if requested == "processes" and in_cluster:
+        raise JobError(
+            "launcher: 'processes' runs on this machine only; in a cluster the workers are Ray Train's"
+        )
+    return requested
+
+
+def _logs_hint(launcher: str, paths: RunPaths, in_cluster: bool) -> str:
+    """Where the workers' own output is when it is not on the console ('' when it is)."""
+    if verbose() or in_cluster or launcher == "in_process":
+        return ""
+    where = os.path.join(paths.run_dir, "logs") if launcher == "processes" else "/tmp/ray/session_latest/logs"
+    return f" (worker logs: {where}; KUBETRAIN_VERBOSE=1 shows them live)"
 
 
 def _failed_to_start(result: RunResult, console: RunConsole, error: str) -> RunResult:
@@ -117,24 +150,26 @@ def _start(
     clock: PhaseClock,
     *,
     in_cluster: bool,
-    in_process: bool,
+    launcher: str,
     worker_env: dict[str, str] | None,
     tracker_args: tuple,
     init_checkpoint: str | None,
 ) -> tuple[Launched, Tracker]:
-    """Ray, the workers and MLflow, with MLflow (and the launch's imports) off the critical path."""
+    """Ray (when the workers are Ray Train's), the workers and MLflow, with MLflow (and the launch's imports)
+    off the critical path."""
     # One thread while Ray starts: what the launch imports (torch), then MLflow (its import and store take
     # seconds, and nothing needs the MLflow run before the first event is handled).
     with ThreadPoolExecutor(1, thread_name_prefix="kubetrain-driver") as background:
-        imported = background.submit(import_launch, in_process)
+        imported = background.submit(import_launch, launcher)
         tracking = background.submit(_start_tracker, job, paths, *tracker_args)
-        if not in_process:
+        if launcher == "ray":
             init_ray(job, in_cluster, worker_env)
             clock.mark("start_ray")
         imported.result()
         clock.mark("import_launch")
         config = _worker_config(job, paths, model_dir, init_checkpoint)
-        launched = launch(job, config, in_process=in_process, worker_env=worker_env)
+        log_dir = None if verbose() else os.path.join(paths.run_dir, "logs")
+        launched = launch(job, config, launcher=launcher, worker_env=worker_env, log_dir=log_dir)
         clock.mark("launch")
         tracker = tracking.result()
         clock.mark("wait_tracking")
@@ -203,14 +238,12 @@ def _handle(launched: Launched, progress: Progress, events: list[ev.Event]) -> N
     launched.handled(events)  # only then may an in-process recipe go on past an evaluation
 
 
-def _record_outcome(result: RunResult, launched: Launched, progress: Progress, hint_logs: bool) -> None:
+def _record_outcome(result: RunResult, launched: Launched, progress: Progress, logs_hint: str) -> None:
     error = launched.error_text()
     result.succeeded = error is None
     result.history = progress.history
     if error is not None:
-        # Ray workers' own logs are not on the console unless asked for
-        hint = " (worker logs: /tmp/ray/session_latest/logs; KUBETRAIN_VERBOSE=1 shows them live)"
-        result.error = error + (hint if hint_logs else "")
+        result.error = error + logs_hint  # the workers' own logs are not on the console unless asked for
     diagnosis = progress.diagnosis.conclude()  # the workers ended normally, having stopped on a NaN
     if diagnosis is not None and error is None:
         result.succeeded, result.error = False, diagnosis

@@ -1,7 +1,8 @@
-"""Starting a run's workers: a Ray Train worker group (TorchTrainer), or the recipe in a thread of this process.
+"""Starting a run's workers: a Ray Train worker group (TorchTrainer), a local process group without Ray
+(run/processes.py), or the recipe in a thread of this process.
 
-Either way the training runs in a thread of the driver (Ray Train's fit() blocks), rank 0's events arrive on
-a queue, and a failure is kept as one line of text in the form Ray Train reports it.
+Each way, what waits for the workers runs in a thread of the driver (Ray Train's fit() blocks), rank 0's
+events arrive on a queue, and a failure is kept as one line of text in the form Ray Train reports it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from typing import Any
 from ...spec import TrainingJob
 from .. import contract as ev
 from ..contract import WorkerConfig
+from ..train.session import process_group_backend
+from .processes import ProcessGroup
 from .ray_start import QUIET_ENV, forwarded_env
+
+LAUNCHERS = ("ray", "processes", "in_process")
 
 # The last line of a worker's traceback that names the cause (Ray wraps worker exceptions several times).
 _CAUSES = tuple(
@@ -29,11 +34,18 @@ _CAUSES = tuple(
 class Launched:
     """The workers of one run at work in a thread of this process; their events arrive on `queue`."""
 
-    def __init__(self, body: Callable[[], Any], queue: Any, handshake: ev.Handshake | None = None):
+    def __init__(
+        self,
+        body: Callable[[], Any],
+        queue: Any,
+        handshake: ev.Handshake | None = None,
+        stop: Callable[[], None] | None = None,
+    ):
         self.queue = queue
-        self.local = isinstance(queue, stdqueue.Queue)  # a queue in this process, else a Ray queue actor
+        self.on_ray = hasattr(queue, "actor")  # a Ray queue actor, else a queue of this machine's processes
         self.error: BaseException | None = None
         self.handshake = handshake  # an in-process recipe's: it waits for each evaluation to be handled
+        self._stop = stop  # ends a local process group
         self._thread = threading.Thread(target=self._run, args=(body,), name="kubetrain-fit", daemon=True)
         self._thread.start()
 
@@ -47,9 +59,9 @@ class Launched:
         return self._thread.is_alive()
 
     def next_events(self, wait_s: float) -> list[ev.Event]:
-        """The events that came within wait_s: in this process, as soon as the first arrives (the recipe may
-        be waiting for it to be handled); from a Ray queue actor, whatever is there after wait_s."""
-        if not self.local:
+        """The events that came within wait_s: on this machine, as soon as the first arrives (an in-process
+        recipe may be waiting for it to be handled); from a Ray queue actor, whatever is there after wait_s."""
+        if self.on_ray:
             self._thread.join(wait_s)
             return self.drain()
         try:
@@ -67,11 +79,15 @@ class Launched:
                 self.handshake.evaluation_handled()
 
     def stop(self) -> None:
-        """Make an in-process recipe end (before its next micro-batch, or while it waits) and wait until it has;
-        a Ray Train worker group is not asked: its actors end with the process that owns them."""
-        if self.handshake is None:
+        """Make an in-process recipe end (before its next micro-batch, or while it waits), or end a local
+        process group, and wait until it has; a Ray Train worker group is not asked: its actors end with the
+        process that owns them."""
+        if self.handshake is not None:
+            self.handshake.stop.set()
+        elif self._stop is not None:
+            self._stop()
+        else:
             return
-        self.handshake.stop.set()
         self._thread.join()
 
     def drain(self) -> list[ev.Event]:
@@ -80,9 +96,9 @@ class Launched:
         try:
             while (n := self.queue.qsize()) > 0:
                 out += (
-                    [self.queue.get_nowait() for _ in range(n)]
-                    if self.local
-                    else self.queue.get_nowait_batch(n)
+                    self.queue.get_nowait_batch(n)
+                    if self.on_ray
+                    else [self.queue.get_nowait() for _ in range(n)]
                 )
         except stdqueue.Empty:
             pass
@@ -92,15 +108,15 @@ class Launched:
         """The failure's root cause in one line, or None when the run succeeded."""
         if self.error is None:
             return None
-        if self.local:  # in this process: the traceback's last line, as Ray shows it
-            text = "".join(traceback.format_exception_only(self.error))
-        else:
+        if self.on_ray:
             text = str(self.error)
+        else:  # the exception (a process group's carries its worker's traceback), as Ray shows it
+            text = "".join(traceback.format_exception_only(self.error))
         return short_error(text) or type(self.error).__name__
 
     def close(self) -> None:
-        """Stop the Ray queue actor (an in-process queue needs nothing)."""
-        if self.local:
+        """Stop the Ray queue actor (a queue of this machine needs nothing)."""
+        if not self.on_ray:
             return
         import ray
 
@@ -117,22 +133,47 @@ def short_error(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def import_launch(in_process: bool) -> None:
-    """Import what launching needs (torch, Ray Train, the recipe: seconds), so it can be done ahead, in a thread."""
+def import_launch(launcher: str) -> None:
+    """Import what launching needs (seconds: torch, and Ray Train or the recipe), so it can be done ahead, in
+    a thread. A process group's driver needs torch.multiprocessing only (its processes import the rest)."""
+    if launcher == "processes":
+        import torch.multiprocessing  # noqa: F401
+
+        return
     from ..train import recipe  # noqa: F401
 
-    if not in_process:
+    if launcher == "ray":
         import ray.train.torch  # noqa: F401
         import ray.util.queue  # noqa: F401
 
 
 def launch(
-    job: TrainingJob, config: WorkerConfig, *, in_process: bool, worker_env: dict[str, str] | None
+    job: TrainingJob,
+    config: WorkerConfig,
+    *,
+    launcher: str,
+    worker_env: dict[str, str] | None,
+    log_dir: str | None = None,
 ) -> Launched:
-    """Start the run's workers; config.queue is set here to the queue that fits how they run."""
-    if in_process:
+    """Start the run's workers (launcher: one of LAUNCHERS); config.queue is set here to the queue that fits
+    how they run. log_dir: where a process group's workers write their output (None: the console)."""
+    if launcher == "in_process":
         return _in_process(job, replace(config, queue=stdqueue.Queue()), worker_env)
+    if launcher == "processes":
+        return _processes(job, config, worker_env, log_dir)
     return _ray_train(job, config, worker_env)
+
+
+def _processes(
+    job: TrainingJob, config: WorkerConfig, worker_env: dict[str, str] | None, log_dir: str | None
+) -> Launched:
+    """spec.resources.workers processes of this machine (run/processes.py); events over a multiprocessing queue."""
+    import torch.multiprocessing as mp
+
+    config = replace(config, queue=mp.get_context("spawn").Queue())
+    env = {**QUIET_ENV, **forwarded_env(job.spec), **(worker_env or {})}
+    group = ProcessGroup(job, config, env, log_dir)
+    return Launched(group.run, config.queue, stop=group.stop)
 
 
 def _in_process(job: TrainingJob, config: WorkerConfig, worker_env: dict[str, str] | None) -> Launched:
@@ -181,9 +222,7 @@ def _ray_train(job: TrainingJob, config: WorkerConfig, worker_env: dict[str, str
 
     spec, res = job.spec, job.spec.resources
     config = replace(config, queue=Queue(actor_options={"num_cpus": 0}))
-    backend = getattr(spec.strategy, "backend", "auto")
-    if backend == "auto":
-        backend = "nccl" if res.gpus_per_worker else "gloo"
+    backend = process_group_backend(spec)
     gpus = {"GPU": res.gpus_per_worker} if res.gpus_per_worker else {}
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -1,13 +1,13 @@
 """Events from the rank-0 worker to the driver (runtime/contract.py records) over a queue.
 
 A queue rather than ray.train.report: report() is a barrier across workers, and we want per-step
-progress without synchronising the workers every step. A Ray queue actor across processes (locally and
-in a cluster), a plain queue.Queue when the recipe runs in the driver's own process.
+progress without synchronising the workers every step. A Ray queue actor across Ray Train's processes,
+a multiprocessing queue from a local process group, a plain queue.Queue when the recipe runs in the
+driver's own process.
 """
 
 from __future__ import annotations
 
-import queue as stdqueue
 import time
 from typing import Any
 
@@ -17,7 +17,7 @@ from ..contract import Event
 
 
 class Channel:
-    """Fire-and-forget sender to a ray.util.queue.Queue or a queue.Queue; None-safe (nobody listens)."""
+    """Fire-and-forget sender to a ray.util.queue.Queue, a multiprocessing or a queue.Queue; None-safe."""
 
     def __init__(self, queue: Any | None, enabled: bool):
         self.queue = queue if enabled else None
@@ -28,10 +28,10 @@ class Channel:
     def emit(self, event: Event) -> None:
         if self.queue is None:
             return
-        if isinstance(self.queue, stdqueue.Queue):
-            self.queue.put_nowait(event)
-        else:
+        if hasattr(self.queue, "actor"):  # a Ray queue actor
             self.queue.actor.put_nowait.remote(event)  # not awaited: never blocks the training step
+        else:  # a queue of this process, or a multiprocessing queue (its feeder thread sends it)
+            self.queue.put_nowait(event)
 
     def system_metrics(self, every_s: float = 10.0) -> dict[str, float]:
         """CPU and memory of this node (and GPU memory when present), sampled at most every `every_s`."""

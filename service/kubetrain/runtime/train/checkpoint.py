@@ -103,7 +103,7 @@ def load(directory: str, rank: int, model, optimizer) -> TrainState:
     return load_position(directory, rank)
 
 
-# ---- the run directory, for a recipe that runs in this process (Ray Train keeps its own) ---------------
+# ---- the run directory, for a recipe whose workers Ray Train does not run (Ray Train keeps its own) ---
 
 
 def steps_in(run_root: str) -> list[int]:
@@ -123,21 +123,52 @@ def write(run_root: str, step: int, keep_last: int | None, fill: Callable[[str],
     """The checkpoint of `step`: fill(directory) writes its files, then it is put in place and all but the
     newest keep_last are dropped. Atomic: a local one is filled beside its place and renamed into it; a
     remote one is uploaded with its STATE file last."""
+    staged = stage(run_root, step)
+    try:
+        fill(staged)
+        return commit(run_root, step, keep_last, staged)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def write_together(run_root: str, step: int, keep_last: int | None, fill: Callable[[str], None]) -> None:
+    """write() by every rank of a process group on this machine: rank 0 stages one directory, every rank
+    fills it with its own files (a collective save such as DeepSpeed's writes into one place), and once all
+    have, rank 0 puts it in place; every rank returns after that."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    staged = [stage(run_root, step) if rank == 0 else None]
+    dist.broadcast_object_list(staged, src=0)
+    try:
+        fill(staged[0])
+        dist.barrier()
+        if rank == 0:
+            commit(run_root, step, keep_last, staged[0])
+    finally:
+        if rank == 0:
+            shutil.rmtree(staged[0], ignore_errors=True)
+    dist.barrier()
+
+
+def stage(run_root: str, step: int) -> str:
+    """An empty local directory to fill with the checkpoint of `step`: beside its place when run_root is
+    local (so commit is a rename), else a temporary one."""
+    if storage.is_remote(run_root):
+        return tempfile.mkdtemp(prefix="kubetrain-ckpt-")
+    os.makedirs(run_root, exist_ok=True)
+    return tempfile.mkdtemp(prefix="." + leaf(step) + "-", dir=run_root)
+
+
+def commit(run_root: str, step: int, keep_last: int | None, staged: str) -> str:
+    """Put a filled staged directory in place as the checkpoint of `step`; drop all but the newest keep_last."""
     dest = checkpoint_dir(run_root, step)
     if storage.is_remote(run_root):
-        with tempfile.TemporaryDirectory(prefix="kubetrain-ckpt-") as tmp:
-            fill(tmp)
-            _upload(tmp, dest)
+        _upload(staged, dest)
     else:
-        os.makedirs(run_root, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix="." + leaf(step) + "-", dir=run_root)
-        try:
-            fill(tmp)
-            if os.path.exists(dest):  # the same step written again (a resumed run): the newer copy wins
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(dest):  # the same step written again (a resumed run): the newer copy wins
+            shutil.rmtree(dest)
+        os.replace(staged, dest)
     if keep_last:
         for old in steps_in(run_root)[:-keep_last]:
             _remove(checkpoint_dir(run_root, old))

@@ -1,7 +1,8 @@
 """The training recipe every worker runs, top to bottom: set up, resume, train, evaluate, checkpoint, publish.
 
-One Recipe serves both places a run trains: a Ray Train worker group (train_loop_per_worker) and this
-process alone (train_in_process, used for sweep trials of one worker); train/session.py hides which.
+One Recipe serves every place a run trains: a Ray Train worker group (train_loop_per_worker), a local
+process group without Ray (train_in_group) and this process alone (train_in_process, used for sweep trials
+of one worker); train/session.py hides which.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .models import (
 from .preference import PreferenceFormatter, tokenize_splits
 from .publish import publish_model
 from .quantize import quantization_for
-from .session import LocalSession, RaySession
+from .session import GroupSession, LocalSession, RaySession, process_group_backend
 
 
 def train_loop_per_worker(config: WorkerConfig) -> None:
@@ -62,6 +63,24 @@ def train_in_process(
     gpus = spec.resources.gpus_per_worker > 0
     session = LocalSession(root, keep_last, config.init_checkpoint, gpus=gpus, handshake=handshake)
     Recipe(config, session).run()
+
+
+def train_in_group(config: WorkerConfig) -> None:
+    """Entry point for a process of a local process group (train/group_worker.py), checkpointing to
+    <storage>/<run name>/checkpoint_<step:08d> like Ray Train; raises when training fails."""
+    import torch.distributed as dist
+
+    job = TrainingJob.model_validate(config.job)
+    spec = job.spec
+    root = storage.join(spec.checkpoint.storage, job.name)
+    gpus, backend = spec.resources.gpus_per_worker > 0, process_group_backend(spec)
+    session = GroupSession(
+        root, spec.checkpoint.keep_last, config.init_checkpoint, gpus=gpus, backend=backend
+    )
+    try:
+        Recipe(config, session).run()
+    finally:
+        dist.destroy_process_group()
 
 
 class Recipe:

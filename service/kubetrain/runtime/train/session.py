@@ -1,7 +1,8 @@
-"""Where the recipe runs: a Ray Train worker of a group, or this process alone (no Ray Train, no group).
+"""Where the recipe runs: a Ray Train worker of a group, a process of a local process group (no Ray), or
+this process alone (no group).
 
 The recipe asks its session for its rank and device, the checkpoint to resume from, and to store a
-checkpoint; Ray Train does the last two in a worker group, train/checkpoint.py in one process.
+checkpoint; Ray Train does the last two in its worker group, train/checkpoint.py everywhere else.
 """
 
 from __future__ import annotations
@@ -94,14 +95,8 @@ class LocalSession:
         self.handshake = handshake
         self.device = torch.device("cuda:0" if gpus and torch.cuda.is_available() else "cpu")
 
-    @contextlib.contextmanager
-    def resume_from(self, resume: bool) -> Iterator[tuple[str, str] | None]:
-        path = (ckpt.latest(self.run_root) if resume else None) or self.init_checkpoint
-        if path is None:
-            yield None
-            return
-        with tempfile.TemporaryDirectory(prefix="kubetrain-resume-") as tmp:
-            yield ckpt.fetch(path, tmp), path
+    def resume_from(self, resume: bool):
+        return _resume_from(self.run_root, self.init_checkpoint, resume)
 
     def report(self, step: int, metrics: dict, write: Write) -> None:
         ckpt.write(self.run_root, step, self.keep_last, write)
@@ -122,3 +117,65 @@ class LocalSession:
     def fail(self) -> None:
         """Test hook: in this process a fault is an exception (the caller reports it)."""
         raise RuntimeError("injected fault (KUBETRAIN_FAULT_AT_STEP)")
+
+
+class GroupSession:
+    """A process of a local process group (run/processes.py started it: RANK, WORLD_SIZE, MASTER_ADDR/PORT in
+    its environment, as torchrun sets them, and CUDA_VISIBLE_DEVICES): torch.distributed set up here, cpu or
+    cuda:0;
+    checkpoints written together by every rank (train/checkpoint.py) under <storage_path>/<run_name>."""
+
+    distributed = True
+
+    def __init__(
+        self, run_root: str, keep_last: int | None, init_checkpoint: str | None, gpus: bool, backend: str
+    ):
+        import torch.distributed as dist
+
+        self.run_root, self.keep_last, self.init_checkpoint = run_root, keep_last, init_checkpoint
+        self.device = torch.device("cuda:0" if gpus else "cpu")  # a rank sees its own GPUs only
+        if gpus:
+            torch.cuda.set_device(self.device)
+        dist.init_process_group(backend, init_method="env://")
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def resume_from(self, resume: bool):
+        return _resume_from(self.run_root, self.init_checkpoint, resume)
+
+    def report(self, step: int, metrics: dict, write: Write) -> None:
+        """Collective: every rank contributes its files to one checkpoint."""
+        ckpt.write_together(self.run_root, step, self.keep_last, write)
+
+    def placement_group(self) -> str | None:
+        return None
+
+    def check_stop(self) -> None:
+        """The group is stopped by its launcher (its processes end), never asked."""
+
+    def evaluation_reported(self) -> None:
+        """Nothing to wait for: the driver is another process."""
+
+    def fail(self) -> None:
+        """Test hook: the process dies, as a real fault would (the launcher restarts the group)."""
+        os._exit(17)
+
+
+def process_group_backend(spec) -> str:
+    """torch.distributed's backend for the spec: strategy.backend, or nccl on GPUs and gloo on CPUs."""
+    backend = getattr(spec.strategy, "backend", "auto")
+    if backend != "auto":
+        return backend
+    return "nccl" if spec.resources.gpus_per_worker else "gloo"
+
+
+@contextlib.contextmanager
+def _resume_from(
+    run_root: str, init_checkpoint: str | None, resume: bool
+) -> Iterator[tuple[str, str] | None]:
+    """(local directory, path) of the run's latest complete checkpoint when resuming, else the one handed over."""
+    path = (ckpt.latest(run_root) if resume else None) or init_checkpoint
+    if path is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="kubetrain-resume-") as tmp:
+        yield ckpt.fetch(path, tmp), path

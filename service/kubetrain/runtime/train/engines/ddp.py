@@ -1,4 +1,4 @@
-"""Data parallel: torch DistributedDataParallel through Ray Train (the plain model in one process)."""
+"""Data parallel: torch DistributedDataParallel over the process group (the plain model in one process)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,14 @@ from .base import Engine, optimizer_bytes, register, tensor_bytes
 
 @register("ddp")
 class DDPEngine(Engine):
-    """ray.train.torch.prepare_model's DDP wrapper (none without a process group), an optional GradScaler."""
+    """The model on its device, wrapped in DDP over two or more ranks (as ray.train.torch.prepare_model does);
+    an optional GradScaler."""
 
     in_process = True
 
     def __init__(self, model, spec, total_steps: int, rank: int, world: int, device, rebuild=None, **kw):
         if kw.get("distributed", True):
-            import ray.train.torch as rt
-
-            model = rt.prepare_model(
-                model,
-                parallel_strategy_kwargs={
-                    "find_unused_parameters": getattr(spec.strategy, "find_unused_parameters", False)
-                },
-            )
+            model = _wrap(model, world, device, getattr(spec.strategy, "find_unused_parameters", False))
         self.model = model
         self.inner = model.module if hasattr(model, "module") else model
         self.training, self.total_steps = spec.training, total_steps
@@ -74,3 +68,17 @@ class DDPEngine(Engine):
             "grad_bytes": tensor_bytes(p for p in self.inner.parameters() if p.requires_grad),
             "optimizer_bytes": optimizer_bytes(self.optimizer),
         }
+
+
+def _wrap(model, world: int, device, find_unused_parameters: bool):
+    """On this rank's device; in DistributedDataParallel when there is more than one rank."""
+    model = model.to(device)
+    if world < 2:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=ids,
+        output_device=ids[0] if ids else None,
+        find_unused_parameters=find_unused_parameters,
+    )
