@@ -76,9 +76,29 @@ class RaySession:
         os._exit(17)
 
 
-class LocalSession:
-    """The recipe in this process: rank 0 of 1, cpu (cuda:0 when the spec asks for GPUs and one is here);
-    checkpoints written by train/checkpoint.py under <storage_path>/<run_name>, the newest keep_last kept."""
+class _OwnCheckpoints:
+    """A session whose checkpoints train/checkpoint.py writes under <storage_path>/<run_name> (not Ray Train),
+    the newest keep_last kept; resuming reads the latest complete one, else the one handed over."""
+
+    def __init__(self, run_root: str, keep_last: int | None, init_checkpoint: str | None):
+        self.run_root, self.keep_last, self.init_checkpoint = run_root, keep_last, init_checkpoint
+
+    @contextlib.contextmanager
+    def resume_from(self, resume: bool) -> Iterator[tuple[str, str] | None]:
+        """(local directory, path) of the run's latest complete checkpoint when resuming, else the handed one."""
+        path = (ckpt.latest(self.run_root) if resume else None) or self.init_checkpoint
+        if path is None:
+            yield None
+            return
+        with tempfile.TemporaryDirectory(prefix="kubetrain-resume-") as tmp:
+            yield ckpt.fetch(path, tmp), path
+
+    def placement_group(self) -> str | None:
+        return None
+
+
+class LocalSession(_OwnCheckpoints):
+    """The recipe in this process: rank 0 of 1, cpu (cuda:0 when the spec asks for GPUs and one is here)."""
 
     distributed = False
     rank, world = 0, 1
@@ -91,18 +111,12 @@ class LocalSession:
         gpus: bool,
         handshake: Handshake | None = None,
     ):
-        self.run_root, self.keep_last, self.init_checkpoint = run_root, keep_last, init_checkpoint
+        super().__init__(run_root, keep_last, init_checkpoint)
         self.handshake = handshake
         self.device = torch.device("cuda:0" if gpus and torch.cuda.is_available() else "cpu")
 
-    def resume_from(self, resume: bool):
-        return _resume_from(self.run_root, self.init_checkpoint, resume)
-
     def report(self, step: int, metrics: dict, write: Write) -> None:
         ckpt.write(self.run_root, step, self.keep_last, write)
-
-    def placement_group(self) -> str | None:
-        return None
 
     def check_stop(self) -> None:
         """RunStopped when the driver (a sweep whose scheduler stopped this trial) wants the run to end."""
@@ -119,11 +133,10 @@ class LocalSession:
         raise RuntimeError("injected fault (KUBETRAIN_FAULT_AT_STEP)")
 
 
-class GroupSession:
-    """A process of a local process group (run/processes.py started it: RANK, WORLD_SIZE, MASTER_ADDR/PORT in
-    its environment, as torchrun sets them, and CUDA_VISIBLE_DEVICES): torch.distributed set up here, cpu or
-    cuda:0;
-    checkpoints written together by every rank (train/checkpoint.py) under <storage_path>/<run_name>."""
+class GroupSession(_OwnCheckpoints):
+    """A process of a local process group (run/processes.py started it with RANK, WORLD_SIZE, MASTER_ADDR/PORT
+    in its environment, as torchrun sets them, and its own CUDA_VISIBLE_DEVICES): torch.distributed is set up
+    here; cpu or cuda:0; every rank writes its files into one checkpoint (checkpoint.write_together)."""
 
     distributed = True
 
@@ -132,22 +145,16 @@ class GroupSession:
     ):
         import torch.distributed as dist
 
-        self.run_root, self.keep_last, self.init_checkpoint = run_root, keep_last, init_checkpoint
+        super().__init__(run_root, keep_last, init_checkpoint)
         self.device = torch.device("cuda:0" if gpus else "cpu")  # a rank sees its own GPUs only
         if gpus:
             torch.cuda.set_device(self.device)
         dist.init_process_group(backend, init_method="env://")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
-    def resume_from(self, resume: bool):
-        return _resume_from(self.run_root, self.init_checkpoint, resume)
-
     def report(self, step: int, metrics: dict, write: Write) -> None:
         """Collective: every rank contributes its files to one checkpoint."""
         ckpt.write_together(self.run_root, step, self.keep_last, write)
-
-    def placement_group(self) -> str | None:
-        return None
 
     def check_stop(self) -> None:
         """The group is stopped by its launcher (its processes end), never asked."""
@@ -166,16 +173,3 @@ def process_group_backend(spec) -> str:
     if backend != "auto":
         return backend
     return "nccl" if spec.resources.gpus_per_worker else "gloo"
-
-
-@contextlib.contextmanager
-def _resume_from(
-    run_root: str, init_checkpoint: str | None, resume: bool
-) -> Iterator[tuple[str, str] | None]:
-    """(local directory, path) of the run's latest complete checkpoint when resuming, else the one handed over."""
-    path = (ckpt.latest(run_root) if resume else None) or init_checkpoint
-    if path is None:
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="kubetrain-resume-") as tmp:
-        yield ckpt.fetch(path, tmp), path
