@@ -47,7 +47,12 @@ def main() -> None:
     here = pathlib.Path(__file__).parent
     validation, held_out = examples(64, random.Random(7), set())
     train, _ = examples(2000, random.Random(1234), held_out)
-    for name, rows in (("train", train), ("validation", validation)):
+    write_jsonl(here, {"train": train, "validation": validation})
+
+
+def write_jsonl(here: pathlib.Path, files: dict[str, list[dict]]) -> None:
+    """Each list of rows into here/<name>.jsonl, one JSON object a line."""
+    for name, rows in files.items():
         with open(here / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 

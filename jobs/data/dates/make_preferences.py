@@ -9,13 +9,12 @@ train, nor in the quickstart's training set).
 """
 
 import datetime as dt
-import json
 import pathlib
 import random
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from make_dates import PROMPT, SENTENCES, SPELLINGS, examples  # noqa: E402
+from make_dates import PROMPT, SENTENCES, SPELLINGS, examples, write_jsonl  # noqa: E402
 
 DAY_FIRST = [
     lambda d: f"{d.day:02d}.{d.month:02d}.{d.year}",
@@ -59,10 +58,7 @@ def main() -> None:
     _, sft_train = examples(2000, random.Random(1234), examples(64, random.Random(7), set())[1])
     validation, held_out = pairs(64, random.Random(11), sft_train)
     train, _ = pairs(1000, random.Random(5678), held_out)
-    for name, rows in (("preferences_train", train), ("preferences_validation", validation)):
-        with open(here / f"{name}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-
+    write_jsonl(here, {"preferences_train": train, "preferences_validation": validation})
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def _logs_hint(launcher: str, paths: RunPaths, in_cluster: bool) -> str:
     """Where the workers' own output is when it is not on the console ('' when it is)."""
     if verbose() or in_cluster or launcher == "in_process":
         return ""
-    where = os.path.join(paths.run_dir, "logs") if launcher == "processes" else "/tmp/ray/session_latest/logs"
+    where = paths.logs_dir if launcher == "processes" else "/tmp/ray/session_latest/logs"
     return f" (worker logs: {where}; KUBETRAIN_VERBOSE=1 shows them live)"
 
 
@@ -168,7 +168,7 @@ def _start(
         imported.result()
         clock.mark("import_launch")
         config = _worker_config(job, paths, model_dir, init_checkpoint)
-        log_dir = None if verbose() else os.path.join(paths.run_dir, "logs")
+        log_dir = None if verbose() else paths.logs_dir
         launched = launch(job, config, launcher=launcher, worker_env=worker_env, log_dir=log_dir)
         clock.mark("launch")
         tracker = tracking.result()

@@ -30,6 +30,11 @@ class RunPaths:
     def remote(self) -> bool:
         return self.publish_root is not None
 
+    @property
+    def logs_dir(self) -> str:
+        """Where a local process group's workers write their output (worker-<rank>.log)."""
+        return os.path.join(self.run_dir, "logs")
+
 
 def local_path(path: str) -> str:
     """Absolute local path for a spec path: plain paths, and pvc://claim/sub under KUBETRAIN_PVC_ROOT."""

@@ -258,7 +258,7 @@ def tokenize(ds, spec: DataSpec, tokenizer, label_names: list[str] | None = None
         encoded = ds.map(fmt.encode, remove_columns=cols, keep_in_memory=True)
         # A prompt that fills max_length leaves no target token: such a record teaches nothing, and a batch
         # made only of them has a 0/0 loss. Drop them (the rest must remain).
-        kept = encoded.filter(lambda r: any(t != IGNORE for t in r["labels"]), keep_in_memory=True)
+        kept = encoded.filter(_teaches, keep_in_memory=True)
         if len(encoded) and not len(kept):
             raise ValueError(
                 f"spec.data.max_length: {spec.max_length} tokens leave no response token in any record; raise it"
@@ -320,3 +320,9 @@ def datasets_cache(root: str) -> str:
     path = os.path.join(root, "datasets")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def _teaches(record: dict) -> bool:
+    """A record with at least one target token. A named function, not a lambda: datasets fingerprints the
+    filter with dill, which disassembles a lambda's code onto stdout (in every worker's log)."""
+    return any(t != IGNORE for t in record["labels"])
