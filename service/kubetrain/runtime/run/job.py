@@ -20,7 +20,7 @@ from ..train.models import ModelUnavailable, resolve_model_dir
 from ..train.progress import Phases
 from . import dataset_inputs, lineage
 from .console import RunConsole
-from .launch import LAUNCHERS, Launched, import_launch, launch
+from .launch import Launched, import_launch, launch
 from .paths import JobError, RunPaths, check_inputs, resolve_paths, run_paths
 from .processes import gpu_assignment
 from .progress import Progress, RunResult
@@ -98,8 +98,8 @@ def choose_launcher(requested: str, *, in_cluster: bool, in_process: bool) -> st
     if requested == "auto":
         ray = sys.modules.get("ray")  # not imported: not initialized
         return "ray" if in_cluster or (ray is not None and ray.is_initialized()) else "processes"
-    if requested not in LAUNCHERS:
-        raise JobError(f"launcher: '{requested}' is not one of auto, {', '.join(LAUNCHERS[:2])}")
+    if requested not in ("ray", "processes"):  # in_process is the caller's flag, not a choice
+        raise JobError(f"launcher: '{requested}' is not one of auto, ray, processes")
     if requested == "processes" and in_cluster:
         raise JobError(
             "launcher: 'processes' runs on this machine only; in a cluster the workers are Ray Train's"

@@ -23,8 +23,6 @@ from ..train.session import process_group_backend
 from .processes import ProcessGroup
 from .ray_start import QUIET_ENV, forwarded_env
 
-LAUNCHERS = ("ray", "processes", "in_process")
-
 # The last line of a worker's traceback that names the cause (Ray wraps worker exceptions several times).
 _CAUSES = tuple(
     "ValueError RuntimeError DataError KeyError TypeError ModelUnavailable FileNotFoundError".split()
@@ -155,7 +153,7 @@ def launch(
     worker_env: dict[str, str] | None,
     log_dir: str | None = None,
 ) -> Launched:
-    """Start the run's workers (launcher: one of LAUNCHERS); config.queue is set here to the queue that fits
+    """Start the run's workers (launcher: ray, processes or in_process); config.queue is set here to the queue that fits
     how they run. log_dir: where a process group's workers write their output (None: the console)."""
     if launcher == "in_process":
         return _in_process(job, replace(config, queue=stdqueue.Queue()), worker_env)
