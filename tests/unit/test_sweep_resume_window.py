@@ -91,3 +91,35 @@ def test_the_failure_budget(statuses, limit, stops):
     assert (reason is not None) == stops
     if stops:
         assert f"(max_failed_trials: {limit})" in reason
+
+
+class DriverDied(BaseException):
+    """The driver killed while it tags a trial's MLflow run."""
+
+
+def test_a_failed_trial_is_in_the_journal_before_its_run_is_tagged_and_its_replay_tags_it(tmp_path):
+    tags: list[tuple[str, str]] = []
+
+    def set_tag(run_id, key, value):
+        if not tags:
+            tags.append(("died", value))
+            raise DriverDied
+        tags.append((run_id, value))
+
+    client = types.SimpleNamespace(
+        set_tag=set_tag,
+        get_run=lambda run_id: types.SimpleNamespace(info=types.SimpleNamespace(status="FAILED")),
+    )
+    m = monitor(tmp_path)
+    m.tracker.client = client
+    m.rows["t2"] = m._row(trial("t2", False, "RUNNING"))
+    m.rows["t2"].mlflow_run_id = "run-of-t2"
+    with pytest.raises(DriverDied):
+        m.on_error(trial("t2", False, "ERROR"))
+    # the outcome was durable before the run was tagged: the next driver replays the trial, not reruns it
+    again = monitor(tmp_path)
+    again.tracker.client = client
+    again.load(resuming=True)
+    assert list(again.finished()) == ["t2"] and again.finished()["t2"]["mlflow_run_id"] == "run-of-t2"
+    again.on_error(trial("t2", False, "ERROR"))  # Tune's replay of it (trial.py's _replay raises its error)
+    assert tags[-1] == ("run-of-t2", "failed") and again.rows["t2"].status == TrialStatus.FAILED

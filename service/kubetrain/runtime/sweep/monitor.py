@@ -154,7 +154,7 @@ class SweepMonitor:
         if row.status != TrialStatus.RUNNING:
             return
         row.status = TrialStatus.PAUSED
-        self._close_child(row, "KILLED")
+        self._close_child(row)
         self._retire(row)
         row.placement_group = None
         self._changed()
@@ -188,24 +188,22 @@ class SweepMonitor:
 
     def on_complete(self, trial) -> None:
         row = self._row(trial)
-        if row.status.is_terminal:  # replayed after a resume
-            return
-        finished = bool((trial.last_result or {}).get("trial_finished"))
-        row.status = TrialStatus.COMPLETED if finished else TrialStatus.STOPPED_EARLY
-        self._close_child(row, "FINISHED" if finished else "KILLED")
-        self._finished(row)
+        if not row.status.is_terminal:  # else replayed after a resume: recorded already
+            finished = bool((trial.last_result or {}).get("trial_finished"))
+            row.status = TrialStatus.COMPLETED if finished else TrialStatus.STOPPED_EARLY
+            self._finished(row)
+        self._close_child(row)
 
     def on_error(self, trial) -> None:
         row = self._row(trial)
-        if row.status.is_terminal:
-            return
-        row.status = TrialStatus.FAILED
-        row.error = _error_text(trial)
-        self._close_child(row, "FAILED")
-        self.stop_reason = budget.stop_reason(
-            [r.status for r in self.rows.values()], self.sweep.max_failed_trials
-        )
-        self._finished(row)
+        if not row.status.is_terminal:  # else replayed after a resume: recorded already
+            row.status = TrialStatus.FAILED
+            row.error = _error_text(trial)
+            self.stop_reason = budget.stop_reason(
+                [r.status for r in self.rows.values()], self.sweep.max_failed_trials
+            )
+            self._finished(row)
+        self._close_child(row)
 
     @property
     def failures(self) -> int:
@@ -217,7 +215,10 @@ class SweepMonitor:
         return self.rows[trial.trial_id]
 
     def _finished(self, row: TrialRow) -> None:
-        """Record the outcome durably before anything else can happen (the journal), then redraw."""
+        """Record the outcome durably before anything else can happen (the journal), then redraw. Its MLflow
+        run is tagged after (_close_child): a driver that dies in between leaves the run untagged, and the
+        resumed sweep's replay of the trial tags it, rather than a tagged run whose trial Tune runs again."""
+        row.mlflow_run_id = row.mlflow_run_id or self._find_child(row.trial_id)
         self.journal.append(_plain(row))
         self._retire(row)
         self._changed()
@@ -255,8 +256,9 @@ class SweepMonitor:
             self.cleaners_checked = now
             end_orphaned_cleaners()
 
-    def _close_child(self, row: TrialRow, status: str) -> None:
-        """Tag the trial's MLflow run with its outcome; end it when the trial's process could not."""
+    def _close_child(self, row: TrialRow) -> None:
+        """Tag the trial's MLflow run with its outcome; end it when the trial's process could not (idempotent:
+        a replayed trial's run is closed again)."""
         client = self.tracker.client
         if client is None:
             return
@@ -267,7 +269,7 @@ class SweepMonitor:
         try:
             client.set_tag(run_id, "kubetrain.trial.status", str(row.status))
             if client.get_run(run_id).info.status == "RUNNING":  # its process was stopped or died
-                client.set_terminated(run_id, status)
+                client.set_terminated(run_id, _RUN_STATUS[row.status])
         except Exception:  # tracking trouble never stops the sweep
             pass
 
@@ -280,6 +282,14 @@ class SweepMonitor:
         except Exception:
             return None
         return runs[0].info.run_id if runs else None
+
+
+_RUN_STATUS = {  # the MLflow run status of a trial's run that ended so
+    TrialStatus.PAUSED: "KILLED",
+    TrialStatus.COMPLETED: "FINISHED",
+    TrialStatus.STOPPED_EARLY: "KILLED",
+    TrialStatus.FAILED: "FAILED",
+}
 
 
 def _restart(result: dict) -> dict:
